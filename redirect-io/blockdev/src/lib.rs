@@ -1,0 +1,66 @@
+//! The bottom of the csvfs crate graph: how a node reaches a LUN.
+//!
+//! This crate owns the [`BlockDevice`] trait that every storage path implements, the
+//! aligned buffers direct I/O needs, the file / block-device backend ([`FileDevice`]),
+//! and a crash-simulating in-memory device ([`CrashSimDevice`]) for tests. It knows
+//! nothing of files, inodes or the cluster.
+
+mod aligned;
+mod crash_sim;
+mod error;
+mod file;
+mod lun;
+mod overlay;
+
+pub use aligned::AlignedBuf;
+pub use crash_sim::CrashSimDevice;
+pub use error::BlockError;
+pub use file::FileDevice;
+pub use lun::{LunUrl, open_lun};
+pub use overlay::OverlayDevice;
+
+/// The unit every csvfs structure is aligned to. Devices with 512-byte logical blocks
+/// are fine: 4096 is a multiple of every logical block size Linux supports.
+pub const FS_BLOCK_SIZE: u32 = 4096;
+
+/// A LUN, as csvfs sees it: a fixed number of bytes that can be read, written and
+/// flushed at block-aligned offsets, from many threads at once.
+///
+/// Offsets and lengths must be multiples of [`BlockDevice::block_size`]; buffers need
+/// no particular alignment (backends that need one copy through an [`AlignedBuf`], so
+/// callers on hot paths pass aligned buffers to avoid the copy).
+pub trait BlockDevice: Send + Sync + std::fmt::Debug {
+    /// The logical block size in bytes; offsets and lengths are multiples of it.
+    fn block_size(&self) -> u32;
+    /// The size of the LUN in bytes.
+    fn capacity(&self) -> u64;
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError>;
+    /// Writes `buf` at `offset`. The data is durable only after [`BlockDevice::flush`].
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError>;
+    /// Makes every completed write durable (a cache flush of the device).
+    fn flush(&self) -> Result<(), BlockError>;
+    /// A short name of the LUN for messages (a path or a URL).
+    fn name(&self) -> &str;
+
+    /// Checks the alignment and range rules every backend enforces.
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), BlockError> {
+        let bs = u64::from(self.block_size());
+        let len = len as u64;
+        if offset % bs != 0 || len % bs != 0 {
+            return Err(BlockError::Unaligned {
+                offset,
+                len,
+                block_size: self.block_size(),
+            });
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity() => Ok(()),
+            _ => Err(BlockError::OutOfRange {
+                offset,
+                len,
+                capacity: self.capacity(),
+            }),
+        }
+    }
+}
