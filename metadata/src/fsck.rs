@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use blockdev::{BlockDevice, OverlayDevice};
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -118,24 +117,48 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> MetaResult<Report> {
         Arc::new(OverlayDevice::new(dev.clone()))
     };
     let backend = RegionBackend::open(target, sb.metadata, false)?;
-    let repaired = Arc::new(AtomicBool::new(false));
-    let flag = repaired.clone();
-    let mut builder = redb::Builder::new();
-    builder.set_check_integrity_on_open(true);
-    builder.set_repair_callback(move |_| flag.store(true, Ordering::SeqCst));
-    let db = match builder.create_with_backend(backend) {
-        Ok(db) => db,
-        Err(e) => {
+    // A damaged store can make redb panic while it opens; fsck reports that instead.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        redb::Builder::new().create_with_backend(backend)
+    }));
+    let mut db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => {
             report.add("metadata store", format!("cannot be opened: {e}"), false);
             return Ok(report);
         }
+        Err(_) => {
+            report.add(
+                "metadata store",
+                "is damaged beyond what redb can open",
+                false,
+            );
+            return Ok(report);
+        }
     };
-    if repaired.load(Ordering::SeqCst) {
-        report.add(
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => report.add(
             "metadata store",
-            "page checksums or allocator state failed and needed redb's repair",
+            "page checksums failed; redb's repair can rebuild it",
             true,
-        );
+        ),
+        Ok(Err(e)) => {
+            report.add(
+                "metadata store",
+                format!("page checksums failed and it cannot be repaired: {e}"),
+                false,
+            );
+            return Ok(report);
+        }
+        Err(_) => {
+            report.add(
+                "metadata store",
+                "is damaged beyond what redb can check",
+                false,
+            );
+            return Ok(report);
+        }
     }
     walk(&db, &sb, &mut report, &mut fixes)?;
     if repair {

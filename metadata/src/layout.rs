@@ -82,7 +82,7 @@ impl Layout {
         };
         let data_start = metadata.end();
         // The last block holds the backup superblock.
-        let data_blocks = total_blocks.checked_sub(data_start + 1).unwrap_or(0);
+        let data_blocks = total_blocks.saturating_sub(data_start + 1);
         if data_blocks * bs < MIN_DATA_BYTES {
             return Err(MetaError::Invalid(
                 "LUN too small for that metadata region size",

@@ -215,7 +215,7 @@ impl RegionBackend {
                 continue;
             }
             let n = (to - at).min(CHUNK);
-            if n % BS != 0 {
+            if !n.is_multiple_of(BS) {
                 self.write_unaligned(at, &vec![0u8; n as usize])?;
             } else {
                 let zero = AlignedBuf::zeroed(n as usize);
@@ -246,7 +246,7 @@ impl redb::StorageBackend for RegionBackend {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         self.check(offset, out.len())?;
-        if offset % BS == 0 && out.len() as u64 % BS == 0 {
+        if offset.is_multiple_of(BS) && (out.len() as u64).is_multiple_of(BS) {
             return Ok(self.inner.dev.read_at(out, self.inner.base + offset)?);
         }
         let start = offset / BS * BS;
@@ -303,7 +303,7 @@ impl redb::StorageBackend for RegionBackend {
             ));
         }
         self.check(offset, data.len())?;
-        if offset % BS == 0 && data.len() as u64 % BS == 0 {
+        if offset.is_multiple_of(BS) && (data.len() as u64).is_multiple_of(BS) {
             return Ok(self.inner.dev.write_at(data, self.inner.base + offset)?);
         }
         self.write_unaligned(offset, data)

@@ -36,7 +36,7 @@ impl AlignedBuf {
 
     /// True when `buf` starts at an address O_DIRECT accepts.
     pub fn is_aligned(buf: &[u8]) -> bool {
-        (buf.as_ptr() as usize) % BUF_ALIGN == 0
+        (buf.as_ptr() as usize).is_multiple_of(BUF_ALIGN)
     }
 }
 

@@ -47,7 +47,7 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
     fn check_range(&self, offset: u64, len: usize) -> Result<(), BlockError> {
         let bs = u64::from(self.block_size());
         let len = len as u64;
-        if offset % bs != 0 || len % bs != 0 {
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
             return Err(BlockError::Unaligned {
                 offset,
                 len,

@@ -1,0 +1,252 @@
+//! The data path of one node: file bytes read and written directly on the LUN at the
+//! blocks of the file's extents.
+//!
+//! Writes into holes first get unwritten blocks from the metadata store, then write
+//! whole blocks (partial ones merged with their old contents, or zeros), then commit
+//! the blocks as written together with the new size. Bytes past the end of a file
+//! inside its last block are always zero on the LUN, so growing a file never shows
+//! old bytes. Callers hold the inode's data lock (shared to read, exclusive to change).
+
+use std::sync::Arc;
+
+use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
+use metadata::{Inode, JobKind, MetaError, MetaResult, Segment, Volume};
+
+const BS: u64 = FS_BLOCK_SIZE as u64;
+
+/// Bytes read from a file: an aligned buffer and the part of it to return.
+pub struct ReadBuf {
+    buf: AlignedBuf,
+    start: usize,
+    len: usize,
+}
+
+impl ReadBuf {
+    /// The bytes read.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// Reads and writes file data of one volume.
+pub struct DataPath {
+    vol: Arc<Volume>,
+    dev: Arc<dyn BlockDevice>,
+}
+
+fn segment_slice(buf: &mut [u8], first_block: u64, logical: u64, len: u64) -> &mut [u8] {
+    let at = ((logical - first_block) * BS) as usize;
+    &mut buf[at..at + (len * BS) as usize]
+}
+
+impl DataPath {
+    /// The data path of `vol`.
+    pub fn new(vol: Arc<Volume>) -> DataPath {
+        let dev = vol.device().clone();
+        DataPath { vol, dev }
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> MetaResult<ReadBuf> {
+        let snap = self.vol.snapshot()?;
+        let inode = snap.inode(ino)?;
+        if inode.is_dir() {
+            return Err(MetaError::IsDir);
+        }
+        let end = offset.saturating_add(u64::from(size)).min(inode.size);
+        if offset >= end {
+            return Ok(ReadBuf {
+                buf: AlignedBuf::zeroed(0),
+                start: 0,
+                len: 0,
+            });
+        }
+        let (b0, b1) = (offset / BS, end.div_ceil(BS));
+        let mut buf = AlignedBuf::zeroed(((b1 - b0) * BS) as usize);
+        let extents = snap.extents(ino, b0, b1)?;
+        for seg in metadata::extent::segments(&extents, b0, b1) {
+            if let Segment::Mapped(e) = seg
+                && !e.unwritten
+            {
+                self.dev.read_at(
+                    segment_slice(&mut buf, b0, e.logical, e.len),
+                    e.physical * BS,
+                )?;
+            }
+        }
+        Ok(ReadBuf {
+            buf,
+            start: (offset - b0 * BS) as usize,
+            len: (end - offset) as usize,
+        })
+    }
+
+    /// Reads one block of a range's map into `out` if it holds written data.
+    fn read_block_if_written(
+        &self,
+        segs: &[Segment],
+        block: u64,
+        out: &mut [u8],
+    ) -> MetaResult<()> {
+        for seg in segs {
+            if let Segment::Mapped(e) = seg
+                && !e.unwritten
+                && e.logical <= block
+                && block < e.logical_end()
+            {
+                self.dev
+                    .read_at(out, (e.physical + block - e.logical) * BS)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn map(&self, ino: u64, b0: u64, b1: u64) -> MetaResult<Vec<Segment>> {
+        let extents = self.vol.snapshot()?.extents(ino, b0, b1)?;
+        Ok(metadata::extent::segments(&extents, b0, b1))
+    }
+
+    /// Writes `data` at `offset`; returns the inode after the write.
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> MetaResult<Inode> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(MetaError::Invalid("write past the largest offset"))?;
+        if end > metadata::filemap::MAX_FILE_SIZE {
+            return Err(MetaError::Invalid("file too large"));
+        }
+        if data.is_empty() {
+            return self.vol.snapshot()?.inode(ino);
+        }
+        let (b0, b1) = (offset / BS, end.div_ceil(BS));
+        let before = self.map(ino, b0, b1)?;
+        let segs = if before.iter().any(|s| matches!(s, Segment::Hole { .. })) {
+            self.vol
+                .write(JobKind::default(), move |c| c.allocate_range(ino, b0, b1))?
+        } else {
+            before.clone()
+        };
+        let mut buf = AlignedBuf::zeroed(((b1 - b0) * BS) as usize);
+        if !offset.is_multiple_of(BS) {
+            self.read_block_if_written(&before, b0, &mut buf[..BS as usize])?;
+        }
+        if end % BS != 0 && (b1 - 1 != b0 || offset.is_multiple_of(BS)) {
+            let at = ((b1 - 1 - b0) * BS) as usize;
+            self.read_block_if_written(&before, b1 - 1, &mut buf[at..at + BS as usize])?;
+        }
+        let at = (offset - b0 * BS) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        for seg in &segs {
+            match seg {
+                Segment::Mapped(e) => {
+                    let at = ((e.logical - b0) * BS) as usize;
+                    self.dev
+                        .write_at(&buf[at..at + (e.len * BS) as usize], e.physical * BS)?;
+                }
+                Segment::Hole { .. } => {
+                    return Err(MetaError::Store("allocation left a hole".into()));
+                }
+            }
+        }
+        self.vol.write(JobKind::default(), move |c| {
+            c.commit_write(ino, b0, b1, end)
+        })
+    }
+
+    /// Zeroes bytes `[from, to)` of one block on the LUN, if the block holds written data.
+    fn zero_partial(&self, ino: u64, block: u64, from: u64, to: u64) -> MetaResult<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let segs = self.map(ino, block, block + 1)?;
+        if let Some(Segment::Mapped(e)) = segs.first()
+            && !e.unwritten
+        {
+            let mut buf = AlignedBuf::zeroed(BS as usize);
+            self.dev.read_at(&mut buf, e.physical * BS)?;
+            buf[(from - block * BS) as usize..(to - block * BS) as usize].fill(0);
+            self.dev.write_at(&buf, e.physical * BS)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the partial blocks at the ends of `[from, to)`; returns the whole blocks
+    /// inside it as `[first, last)`.
+    fn zero_edges(&self, ino: u64, from: u64, to: u64) -> MetaResult<(u64, u64)> {
+        let (first, last) = (from.div_ceil(BS), to / BS);
+        if first > last {
+            // Inside one block.
+            self.zero_partial(ino, from / BS, from, to)?;
+            return Ok((first, first));
+        }
+        if !from.is_multiple_of(BS) {
+            self.zero_partial(ino, from / BS, from, first * BS)?;
+        }
+        if !to.is_multiple_of(BS) {
+            self.zero_partial(ino, last, last * BS, to)?;
+        }
+        Ok((first, last))
+    }
+
+    /// Sets the file size.
+    pub fn truncate(&self, ino: u64, size: u64) -> MetaResult<Inode> {
+        let inode = self.vol.snapshot()?.inode(ino)?;
+        if inode.is_dir() {
+            return Err(MetaError::IsDir);
+        }
+        if size > metadata::filemap::MAX_FILE_SIZE {
+            return Err(MetaError::Invalid("file too large"));
+        }
+        if size < inode.size && !size.is_multiple_of(BS) {
+            let block = size / BS;
+            self.zero_partial(ino, block, size, (block + 1) * BS)?;
+        }
+        self.vol.write(
+            JobKind {
+                frees_space: true,
+                durable: false,
+            },
+            move |c| c.truncate(ino, size),
+        )
+    }
+
+    /// fallocate(2): `mode` as the syscall takes it.
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> MetaResult<Inode> {
+        let end = offset
+            .checked_add(len)
+            .ok_or(MetaError::Invalid("range overflows"))?;
+        if len == 0 {
+            return Err(MetaError::Invalid("zero length"));
+        }
+        if end > metadata::filemap::MAX_FILE_SIZE {
+            return Err(MetaError::Invalid("file too large"));
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let new_size = if keep_size { None } else { Some(end) };
+        match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => {
+                let (b0, b1) = (offset / BS, end.div_ceil(BS));
+                self.vol.write(JobKind::default(), move |c| {
+                    c.preallocate(ino, b0, b1, false, new_size)
+                })
+            }
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
+                let (first, last) = self.zero_edges(ino, offset, end)?;
+                self.vol.write(
+                    JobKind {
+                        frees_space: true,
+                        durable: false,
+                    },
+                    move |c| c.punch(ino, first, last),
+                )
+            }
+            libc::FALLOC_FL_ZERO_RANGE => {
+                // Partial blocks were zeroed on the LUN; whole blocks become unwritten.
+                let (first, last) = self.zero_edges(ino, offset, end)?;
+                self.vol.write(JobKind::default(), move |c| {
+                    c.preallocate(ino, first, last, true, new_size)
+                })
+            }
+            _ => Err(MetaError::NotSupported),
+        }
+    }
+}

@@ -1,0 +1,768 @@
+//! The FUSE front end of a single-node mount: kernel requests mapped onto the metadata
+//! store and the data path.
+//!
+//! fuser runs several worker threads, each reading its own cloned /dev/fuse descriptor,
+//! so a slow request (an fsync, a large write) never holds up the others. Permission
+//! checks are the kernel's (`default_permissions`).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use metadata::{
+    AttrChange, FileKind, Inode, JobKind, MetaError, NewNode, Timestamp, Unlinked, Volume,
+};
+
+use crate::data::DataPath;
+use crate::inodes::InodeTable;
+
+/// How long the kernel may cache attributes and entries. One node owns the volume in
+/// this mode, so nothing changes behind the kernel's back.
+const TTL: Duration = Duration::from_secs(1);
+/// The largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// A mounted volume, as the kernel sees it.
+pub struct CsvFs {
+    vol: Arc<Volume>,
+    data: DataPath,
+    inodes: InodeTable,
+}
+
+fn errno(e: &MetaError) -> Errno {
+    if e.errno() == libc::EIO {
+        tracing::error!(error = %e, "I/O error");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+/// The kernel's view of an inode.
+pub fn file_attr(ino: u64, i: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: i.size,
+        blocks: i.blocks * 8,
+        atime: i.atime.into(),
+        mtime: i.mtime.into(),
+        ctime: i.ctime.into(),
+        crtime: i.crtime.into(),
+        kind: file_type(i.kind()),
+        perm: (i.mode & 0o7777) as u16,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn time_of(t: TimeOrNow) -> Timestamp {
+    match t {
+        TimeOrNow::Now => Timestamp::now(),
+        TimeOrNow::SpecificTime(s) => Timestamp::from(s),
+    }
+}
+
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+impl CsvFs {
+    /// A front end over an open volume.
+    pub fn new(vol: Arc<Volume>) -> CsvFs {
+        let data = DataPath::new(vol.clone());
+        CsvFs {
+            vol,
+            data,
+            inodes: InodeTable::default(),
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, ino: u64, inode: &Inode) {
+        self.inodes.looked_up(ino);
+        reply.entry(&TTL, &file_attr(ino, inode), Generation(inode.generation));
+    }
+
+    /// Deletes `ino` if its last link is gone and the kernel no longer holds it.
+    fn reap(&self, ino: u64) {
+        if !self.inodes.unreferenced(ino) {
+            return;
+        }
+        match self.vol.snapshot().and_then(|s| s.inode(ino)) {
+            Ok(i) if i.nlink == 0 => {}
+            _ => return,
+        }
+        let state = self.inodes.get(ino);
+        let _g = state.data.write();
+        if let Err(e) = self.vol.write(
+            JobKind {
+                frees_space: true,
+                durable: false,
+            },
+            move |c| c.delete_inode(ino),
+        ) {
+            tracing::error!(ino, error = %e, "cannot delete an unlinked inode; it stays an orphan until the next mount");
+        }
+    }
+
+    fn after_unlink(&self, u: Option<Unlinked>) {
+        if let Some(u) = u
+            && u.orphaned
+        {
+            self.reap(u.ino);
+        }
+    }
+
+    fn create_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        node: NewNode,
+    ) -> Result<(u64, Inode), Errno> {
+        let name = name.as_bytes().to_vec();
+        let parent = parent.0;
+        let node = NewNode {
+            uid: req.uid(),
+            gid: req.gid(),
+            ..node
+        };
+        self.vol
+            .write(JobKind::default(), move |c| c.create(parent, &name, &node))
+            .map_err(|e| errno(&e))
+    }
+}
+
+impl Filesystem for CsvFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let wanted = InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_AUTO_INVAL_DATA;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.vol.close() {
+            tracing::error!(error = %e, "final durable commit failed");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self
+            .vol
+            .snapshot()
+            .and_then(|s| s.lookup(parent.0, name.as_bytes()))
+        {
+            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if self.inodes.forget(ino.0, nlookup) {
+            self.reap(ino.0);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
+            Ok(i) => reply.attr(&TTL, &file_attr(ino.0, &i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = ino.0;
+        let result = (|| {
+            let mut inode = None;
+            if let Some(size) = size {
+                let state = self.inodes.get(ino);
+                let _g = state.data.write();
+                inode = Some(self.data.truncate(ino, size)?);
+            }
+            let change = AttrChange {
+                mode,
+                uid,
+                gid,
+                atime: atime.map(time_of),
+                mtime: mtime.map(time_of),
+                ctime: ctime.map(Timestamp::from),
+            };
+            if mode.is_some()
+                || uid.is_some()
+                || gid.is_some()
+                || atime.is_some()
+                || mtime.is_some()
+                || inode.is_none()
+            {
+                inode = Some(
+                    self.vol
+                        .write(JobKind::default(), move |c| c.set_attr(ino, &change))?,
+                );
+            }
+            Ok::<_, MetaError>(inode.expect("set above"))
+        })();
+        match result {
+            Ok(i) => reply.attr(&TTL, &file_attr(ino, &i)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vol.snapshot().and_then(|s| s.read_link(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let node = NewNode {
+            mode: mode & !(umask & 0o777),
+            uid: 0,
+            gid: 0,
+            rdev: u64::from(rdev),
+            symlink: None,
+        };
+        match self.create_node(req, parent, name, node) {
+            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let mode = libc::S_IFDIR | (mode & 0o7777 & !umask);
+        let node = NewNode {
+            mode,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        match self.create_node(req, parent, name, node) {
+            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (parent, name) = (parent.0, name.as_bytes().to_vec());
+        match self
+            .vol
+            .write(JobKind::default(), move |c| c.unlink(parent, &name))
+        {
+            Ok(u) => {
+                reply.ok();
+                self.after_unlink(Some(u));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (parent, name) = (parent.0, name.as_bytes().to_vec());
+        match self
+            .vol
+            .write(JobKind::default(), move |c| c.rmdir(parent, &name))
+        {
+            Ok(u) => {
+                reply.ok();
+                self.after_unlink(Some(u));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let node = NewNode {
+            mode: libc::S_IFLNK | 0o777,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: Some(target.as_os_str().as_bytes().to_vec()),
+        };
+        match self.create_node(req, parent, link_name, node) {
+            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT)
+            || flags.contains(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_NOREPLACE)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let (p, n, np, nn) = (
+            parent.0,
+            name.as_bytes().to_vec(),
+            newparent.0,
+            newname.as_bytes().to_vec(),
+        );
+        match self.vol.write(JobKind::default(), move |c| {
+            c.rename(p, &n, np, &nn, noreplace, exchange)
+        }) {
+            Ok(replaced) => {
+                reply.ok();
+                self.after_unlink(replaced);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (i, p, n) = (ino.0, newparent.0, newname.as_bytes().to_vec());
+        match self
+            .vol
+            .write(JobKind::default(), move |c| c.link(i, p, &n))
+        {
+            Ok(inode) => self.entry(reply, i, &inode),
+            Err(MetaError::IsDir) => reply.error(Errno::EPERM),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
+            Ok(_) => {
+                self.inodes.opened(ino.0);
+                reply.opened(FileHandle(0), open_flags(flags.0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let state = self.inodes.get(ino.0);
+        let _g = state.data.read();
+        match self.data.read(ino.0, offset, size) {
+            Ok(buf) => reply.data(buf.bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let state = self.inodes.get(ino.0);
+        let _g = state.data.write();
+        match self.data.write(ino.0, offset, data) {
+            Ok(inode) => {
+                if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+                    && inode.mode & 0o6000 != 0
+                {
+                    let i = ino.0;
+                    let change = AttrChange {
+                        mode: Some(inode.mode & !0o6000),
+                        ..AttrChange::default()
+                    };
+                    if let Err(e) = self
+                        .vol
+                        .write(JobKind::default(), move |c| c.set_attr(i, &change))
+                    {
+                        return reply.error(errno(&e));
+                    }
+                }
+                reply.written(data.len() as u32)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+        if self.inodes.closed(ino.0) {
+            self.reap(ino.0);
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vol.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
+            Ok(i) if i.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let result = (|| {
+            let snap = self.vol.snapshot()?;
+            let dir = snap.inode(ino.0)?;
+            if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+                return Ok(());
+            }
+            if offset < 2 && reply.add(INodeNo(dir.parent.max(1)), 2, FileType::Directory, "..") {
+                return Ok(());
+            }
+            let mut after = offset.max(2);
+            loop {
+                let batch = snap.read_dir(ino.0, after, 128)?;
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                for e in batch {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        e.cookie,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        return Ok(());
+                    }
+                    after = e.cookie;
+                }
+            }
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vol.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vol.usage() {
+            Ok(u) => {
+                let files = u.inode_capacity.max(u.inodes);
+                reply.statfs(
+                    u.data_blocks,
+                    u.free_blocks,
+                    u.free_blocks,
+                    files,
+                    files - u.inodes,
+                    4096,
+                    255,
+                    4096,
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (i, n, v) = (ino.0, name.as_bytes().to_vec(), value.to_vec());
+        let (create, replace) = (
+            flags & libc::XATTR_CREATE != 0,
+            flags & libc::XATTR_REPLACE != 0,
+        );
+        match self.vol.write(JobKind::default(), move |c| {
+            c.set_xattr(i, &n, &v, create, replace)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self
+            .vol
+            .snapshot()
+            .and_then(|s| s.xattr(ino.0, name.as_bytes()))
+        {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vol.snapshot().and_then(|s| s.xattr_names(ino.0)) {
+            Ok(names) => {
+                let mut list = Vec::new();
+                for n in names {
+                    list.extend_from_slice(&n);
+                    list.push(0);
+                }
+                if size == 0 {
+                    reply.size(list.len() as u32)
+                } else if list.len() > size as usize {
+                    reply.error(Errno::ERANGE)
+                } else {
+                    reply.data(&list)
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (i, n) = (ino.0, name.as_bytes().to_vec());
+        match self
+            .vol
+            .write(JobKind::default(), move |c| c.remove_xattr(i, &n))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+        let mode = if mode & libc::S_IFMT == 0 {
+            mode | libc::S_IFREG
+        } else {
+            mode
+        };
+        let node = NewNode {
+            mode,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        match self.create_node(req, parent, name, node) {
+            Ok((ino, inode)) => {
+                self.inodes.looked_up(ino);
+                self.inodes.opened(ino);
+                reply.created(
+                    &TTL,
+                    &file_attr(ino, &inode),
+                    Generation(inode.generation),
+                    FileHandle(0),
+                    open_flags(flags),
+                )
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let state = self.inodes.get(ino.0);
+        let _g = state.data.write();
+        match self.data.fallocate(ino.0, offset, length, mode) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        const CHUNK: u64 = 1 << 20;
+        let len = len.min(u64::from(u32::MAX) & !(CHUNK - 1));
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(CHUNK) as u32;
+            let chunk = {
+                let state = self.inodes.get(ino_in.0);
+                let _g = state.data.read();
+                match self.data.read(ino_in.0, offset_in + done, n) {
+                    Ok(b) => b,
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            };
+            if chunk.bytes().is_empty() {
+                break;
+            }
+            let state = self.inodes.get(ino_out.0);
+            let _g = state.data.write();
+            if let Err(e) = self.data.write(ino_out.0, offset_out + done, chunk.bytes()) {
+                return reply.error(errno(&e));
+            }
+            done += chunk.bytes().len() as u64;
+            if chunk.bytes().len() < n as usize {
+                break;
+            }
+        }
+        reply.written(done as u32)
+    }
+}

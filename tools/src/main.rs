@@ -1,0 +1,62 @@
+//! `csvctl`: csvfs administration. The same binary is `mkfs.csvfs` and `fsck.csvfs`
+//! when started under those names (the install script makes the links).
+
+mod fsck;
+mod lun_lock;
+mod mkfs;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+/// csvfs administration.
+#[derive(Parser)]
+#[command(name = "csvctl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Format a LUN (same as mkfs.csvfs).
+    Mkfs(mkfs::MkfsArgs),
+    /// Check a volume (same as fsck.csvfs).
+    Fsck(fsck::FsckArgs),
+}
+
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn exit_on_error<T>(name: &str, r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| {
+        eprintln!("{name}: {e:#}");
+        std::process::exit(8);
+    })
+}
+
+fn main() {
+    let name = program_name();
+    let code = match name.as_str() {
+        "mkfs.csvfs" => {
+            exit_on_error(&name, mkfs::run(<mkfs::MkfsArgs as Parser>::parse()));
+            0
+        }
+        "fsck.csvfs" => exit_on_error(&name, fsck::run(<fsck::FsckArgs as Parser>::parse())),
+        _ => match Cli::parse().command {
+            Command::Mkfs(a) => {
+                exit_on_error("csvctl mkfs", mkfs::run(a));
+                0
+            }
+            Command::Fsck(a) => exit_on_error("csvctl fsck", fsck::run(a)),
+        },
+    };
+    std::process::exit(code);
+}
