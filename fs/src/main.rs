@@ -1,12 +1,7 @@
 //! `csvfs`: the csvfs node daemon. Today it mounts a volume on one node; the cluster
 //! node (`csvfs node`) joins it when the lock manager lands.
 
-mod data;
-mod fuse_fs;
-mod inodes;
-mod mount;
-mod mount_helper;
-mod options;
+use csvfs::{mount, mount_helper, options};
 
 use std::path::PathBuf;
 

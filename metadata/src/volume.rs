@@ -183,7 +183,15 @@ impl Volume {
             );
             sb.write(&*dev)?;
         }
-        let backend = RegionBackend::open(dev.clone(), sb.metadata, opts.read_only)?;
+        // A read-only mount must never write the LUN, but redb may write while it opens
+        // (recovery after a crash): give it a copy-on-write view that keeps such writes
+        // in memory.
+        let store_dev: Arc<dyn BlockDevice> = if opts.read_only {
+            Arc::new(blockdev::OverlayDevice::new(dev.clone()))
+        } else {
+            dev.clone()
+        };
+        let backend = RegionBackend::open(store_dev, sb.metadata, false)?;
         let mut builder = redb::Builder::new();
         builder.set_cache_size(opts.cache_bytes);
         // Read-only mounts open the same way but never commit: redb's read-only open

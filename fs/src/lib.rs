@@ -1,0 +1,11 @@
+//! The csvfs node daemon as a library: the FUSE front end, the data path, mount
+//! handling. `main.rs` is its command line.
+//!
+//! Owns the file system semantics a node serves through FUSE; knows nothing of KVM.
+
+pub mod data;
+pub mod fuse_fs;
+pub mod inodes;
+pub mod mount;
+pub mod mount_helper;
+pub mod options;
