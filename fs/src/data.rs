@@ -4,8 +4,11 @@
 //! Writes into holes first get unwritten blocks from the metadata store, then write
 //! whole blocks (partial ones merged with their old contents, or zeros), then commit
 //! the blocks as written together with the new size. Bytes past the end of a file
-//! inside its last block are always zero on the LUN, so growing a file never shows
-//! old bytes. Callers hold the inode's data lock (shared to read, exclusive to change).
+//! inside its last block are not trusted to be zero on the LUN: an in-place write past
+//! the end can land while the crash loses its new size. So every operation that grows
+//! a file (a write past the end, truncate, fallocate) first zeroes the old last block
+//! from the old end on. Callers hold the inode's data lock (shared to read, exclusive
+//! to change).
 
 use std::sync::Arc;
 
@@ -118,6 +121,10 @@ impl DataPath {
             return self.vol.snapshot()?.inode(ino);
         }
         let (b0, b1) = (offset / BS, end.div_ceil(BS));
+        let size = self.vol.snapshot()?.inode(ino)?.size;
+        if offset > size && size / BS < b0 {
+            self.zero_beyond_eof(ino, size)?;
+        }
         let before = self.map(ino, b0, b1)?;
         let segs = if before.iter().any(|s| matches!(s, Segment::Hole { .. })) {
             self.vol
@@ -132,6 +139,11 @@ impl DataPath {
         if end % BS != 0 && (b1 - 1 != b0 || offset.is_multiple_of(BS)) {
             let at = ((b1 - 1 - b0) * BS) as usize;
             self.read_block_if_written(&before, b1 - 1, &mut buf[at..at + BS as usize])?;
+        }
+        if offset > size && size / BS == b0 {
+            // The old end is inside the first block: what lies between it and this write
+            // reads as zeros.
+            buf[(size - b0 * BS) as usize..(offset - b0 * BS) as usize].fill(0);
         }
         let at = (offset - b0 * BS) as usize;
         buf[at..at + data.len()].copy_from_slice(data);
@@ -169,6 +181,15 @@ impl DataPath {
         Ok(())
     }
 
+    /// Zeroes the old last block from the old end `size` on, before the file grows.
+    fn zero_beyond_eof(&self, ino: u64, size: u64) -> MetaResult<()> {
+        if size.is_multiple_of(BS) {
+            return Ok(());
+        }
+        let block = size / BS;
+        self.zero_partial(ino, block, size, (block + 1) * BS)
+    }
+
     /// Zeroes the partial blocks at the ends of `[from, to)`; returns the whole blocks
     /// inside it as `[first, last)`.
     fn zero_edges(&self, ino: u64, from: u64, to: u64) -> MetaResult<(u64, u64)> {
@@ -196,10 +217,8 @@ impl DataPath {
         if size > metadata::filemap::MAX_FILE_SIZE {
             return Err(MetaError::Invalid("file too large"));
         }
-        if size < inode.size && !size.is_multiple_of(BS) {
-            let block = size / BS;
-            self.zero_partial(ino, block, size, (block + 1) * BS)?;
-        }
+        // Shrinking: the new last block's tail; growing: the old one's.
+        self.zero_beyond_eof(ino, size.min(inode.size))?;
         self.vol.write(
             JobKind {
                 frees_space: true,
@@ -222,6 +241,10 @@ impl DataPath {
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let new_size = if keep_size { None } else { Some(end) };
+        let size = self.vol.snapshot()?.inode(ino)?.size;
+        if !keep_size && end > size {
+            self.zero_beyond_eof(ino, size)?;
+        }
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => {
                 let (b0, b1) = (offset / BS, end.div_ceil(BS));
