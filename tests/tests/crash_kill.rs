@@ -42,7 +42,7 @@ struct Model {
 }
 
 fn name(root: &Path, i: usize) -> PathBuf {
-    root.join(if i % 2 == 0 { "a" } else { "b" })
+    root.join(if i.is_multiple_of(2) { "a" } else { "b" })
         .join(format!("f{i}"))
 }
 
@@ -76,8 +76,8 @@ fn workload(root: PathBuf, model: Arc<Mutex<Model>>, seed: u64, stop: Arc<Atomic
                 };
                 let at = rng.below(c.len() as u64 + 1) as usize;
                 let add: Vec<u8> = (0..rng.below(50_000)).map(|_| rng.next() as u8).collect();
-                let mut f = std::fs::OpenOptions::new().write(true).open(&p)?;
-                std::os::unix::fs::FileExt::write_all_at(&mut f, &add, at as u64)?;
+                let f = std::fs::OpenOptions::new().write(true).open(&p)?;
+                std::os::unix::fs::FileExt::write_all_at(&f, &add, at as u64)?;
                 if c.len() < at + add.len() {
                     c.resize(at + add.len(), 0);
                 }
@@ -206,25 +206,25 @@ fn sigkill_at_random_moments_loses_nothing_fsynced() {
             if touched < model.synced {
                 let want = model.content.get(&i).cloned().flatten();
                 let got = actual.get(&i).cloned().flatten();
-                if let (Some(w), Some(g)) = (&want, &got) {
-                    if let Some(first) = (0..w.len().min(g.len())).find(|&k| w[k] != g[k]) {
-                        let last = (0..w.len().min(g.len()))
-                            .rev()
-                            .find(|&k| w[k] != g[k])
-                            .unwrap();
-                        let zeros = g[first..=last].iter().filter(|&&b| b == 0).count();
-                        eprintln!(
-                            "differs in bytes {first}..={last}; {zeros} of them are zero in the file"
-                        );
-                        for h in &model.history {
-                            eprintln!("  op {} kind {} name {} {}", h.0, h.1, h.2, h.3);
-                        }
-                        let log = std::fs::read_to_string(&log).unwrap_or_default();
-                        eprintln!(
-                            "daemon log tail: {}",
-                            log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
-                        );
+                if let (Some(w), Some(g)) = (&want, &got)
+                    && let Some(first) = (0..w.len().min(g.len())).find(|&k| w[k] != g[k])
+                {
+                    let last = (0..w.len().min(g.len()))
+                        .rev()
+                        .find(|&k| w[k] != g[k])
+                        .unwrap();
+                    let zeros = g[first..=last].iter().filter(|&&b| b == 0).count();
+                    eprintln!(
+                        "differs in bytes {first}..={last}; {zeros} of them are zero in the file"
+                    );
+                    for h in &model.history {
+                        eprintln!("  op {} kind {} name {} {}", h.0, h.1, h.2, h.3);
                     }
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    eprintln!(
+                        "daemon log tail: {}",
+                        log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                    );
                 }
                 assert!(
                     want == got,
