@@ -84,6 +84,19 @@ impl DataPath {
         })
     }
 
+    /// Runs an allocating operation; when the volume is full, makes pending frees
+    /// durable (which releases them) and tries once more, so that space freed a moment
+    /// ago is usable at once.
+    fn with_space<R>(&self, op: impl Fn() -> MetaResult<R>) -> MetaResult<R> {
+        match op() {
+            Err(MetaError::NoSpace) => {
+                self.vol.sync()?;
+                op()
+            }
+            other => other,
+        }
+    }
+
     /// Reads one block of a range's map into `out` if it holds written data.
     fn read_block_if_written(
         &self,
@@ -127,8 +140,10 @@ impl DataPath {
         }
         let before = self.map(ino, b0, b1)?;
         let segs = if before.iter().any(|s| matches!(s, Segment::Hole { .. })) {
-            self.vol
-                .write(JobKind::default(), move |c| c.allocate_range(ino, b0, b1))?
+            self.with_space(|| {
+                self.vol
+                    .write(JobKind::default(), move |c| c.allocate_range(ino, b0, b1))
+            })?
         } else {
             before.clone()
         };
@@ -219,13 +234,8 @@ impl DataPath {
         }
         // Shrinking: the new last block's tail; growing: the old one's.
         self.zero_beyond_eof(ino, size.min(inode.size))?;
-        self.vol.write(
-            JobKind {
-                frees_space: true,
-                durable: false,
-            },
-            move |c| c.truncate(ino, size),
-        )
+        self.vol
+            .write(JobKind::FREES, move |c| c.truncate(ino, size))
     }
 
     /// fallocate(2): `mode` as the syscall takes it.
@@ -248,25 +258,24 @@ impl DataPath {
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => {
                 let (b0, b1) = (offset / BS, end.div_ceil(BS));
-                self.vol.write(JobKind::default(), move |c| {
-                    c.preallocate(ino, b0, b1, false, new_size)
+                self.with_space(|| {
+                    self.vol.write(JobKind::default(), move |c| {
+                        c.preallocate(ino, b0, b1, false, new_size)
+                    })
                 })
             }
             libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
                 let (first, last) = self.zero_edges(ino, offset, end)?;
-                self.vol.write(
-                    JobKind {
-                        frees_space: true,
-                        durable: false,
-                    },
-                    move |c| c.punch(ino, first, last),
-                )
+                self.vol
+                    .write(JobKind::FREES, move |c| c.punch(ino, first, last))
             }
             libc::FALLOC_FL_ZERO_RANGE => {
                 // Partial blocks were zeroed on the LUN; whole blocks become unwritten.
                 let (first, last) = self.zero_edges(ino, offset, end)?;
-                self.vol.write(JobKind::default(), move |c| {
-                    c.preallocate(ino, first, last, true, new_size)
+                self.with_space(|| {
+                    self.vol.write(JobKind::default(), move |c| {
+                        c.preallocate(ino, first, last, true, new_size)
+                    })
                 })
             }
             _ => Err(MetaError::NotSupported),

@@ -27,6 +27,7 @@ use crate::inodes::InodeTable;
 /// How long the kernel may cache attributes and entries. One node owns the volume in
 /// this mode, so nothing changes behind the kernel's back.
 const TTL: Duration = Duration::from_secs(1);
+
 /// The largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -119,13 +120,7 @@ impl CsvFs {
         }
         let state = self.inodes.get(ino);
         let _g = state.data.write();
-        if let Err(e) = self.vol.write(
-            JobKind {
-                frees_space: true,
-                durable: false,
-            },
-            move |c| c.delete_inode(ino),
-        ) {
+        if let Err(e) = self.vol.write(JobKind::FREES, move |c| c.delete_inode(ino)) {
             tracing::error!(ino, error = %e, "cannot delete an unlinked inode; it stays an orphan until the next mount");
         }
     }
@@ -135,6 +130,32 @@ impl CsvFs {
             && u.orphaned
         {
             self.reap(u.ino);
+        }
+    }
+
+    /// Writes `data`, or, when the volume cannot hold all of it, as much of its start as
+    /// fits (a short write, as POSIX asks); ENOSPC only when not one block fits.
+    fn write_what_fits(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(Inode, usize), MetaError> {
+        let mut len = data.len();
+        loop {
+            match self.data.write(ino, offset, &data[..len]) {
+                Ok(inode) => return Ok((inode, len)),
+                Err(MetaError::NoSpace) if len > 4096 => {
+                    // Halve, ending on a block boundary of the file.
+                    let end = (offset + len as u64 / 2) / 4096 * 4096;
+                    len = if end > offset {
+                        (end - offset) as usize
+                    } else {
+                        len.min(4096 - (offset % 4096) as usize)
+                    };
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -312,7 +333,7 @@ impl Filesystem for CsvFs {
         let (parent, name) = (parent.0, name.as_bytes().to_vec());
         match self
             .vol
-            .write(JobKind::default(), move |c| c.unlink(parent, &name))
+            .write(JobKind::FREES, move |c| c.unlink(parent, &name))
         {
             Ok(u) => {
                 reply.ok();
@@ -326,7 +347,7 @@ impl Filesystem for CsvFs {
         let (parent, name) = (parent.0, name.as_bytes().to_vec());
         match self
             .vol
-            .write(JobKind::default(), move |c| c.rmdir(parent, &name))
+            .write(JobKind::FREES, move |c| c.rmdir(parent, &name))
         {
             Ok(u) => {
                 reply.ok();
@@ -380,7 +401,7 @@ impl Filesystem for CsvFs {
             newparent.0,
             newname.as_bytes().to_vec(),
         );
-        match self.vol.write(JobKind::default(), move |c| {
+        match self.vol.write(JobKind::FREES, move |c| {
             c.rename(p, &n, np, &nn, noreplace, exchange)
         }) {
             Ok(replaced) => {
@@ -453,8 +474,8 @@ impl Filesystem for CsvFs {
     ) {
         let state = self.inodes.get(ino.0);
         let _g = state.data.write();
-        match self.data.write(ino.0, offset, data) {
-            Ok(inode) => {
+        match self.write_what_fits(ino.0, offset, data) {
+            Ok((inode, written)) => {
                 if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
                     && inode.mode & 0o6000 != 0
                 {
@@ -470,7 +491,7 @@ impl Filesystem for CsvFs {
                         return reply.error(errno(&e));
                     }
                 }
-                reply.written(data.len() as u32)
+                reply.written(written as u32)
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -660,7 +681,7 @@ impl Filesystem for CsvFs {
         let (i, n) = (ino.0, name.as_bytes().to_vec());
         match self
             .vol
-            .write(JobKind::default(), move |c| c.remove_xattr(i, &n))
+            .write(JobKind::FREES, move |c| c.remove_xattr(i, &n))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use parking_lot::Mutex;
-use redb::{Database, Durability, WriteTransaction};
+use redb::{Durability, WriteTransaction};
 
 use crate::alloc::release_pending;
 use crate::error::{MetaError, MetaResult};
-use crate::region_backend::RegionBackend;
+use crate::store::{Store, put_reserve, take_reserve};
 
 /// Most jobs one transaction takes.
 const MAX_BATCH: usize = 256;
@@ -82,6 +82,15 @@ pub struct JobKind {
     pub durable: bool,
 }
 
+impl JobKind {
+    /// A job that removes things (unlink, truncate, delete): it may use the metadata
+    /// region's reserve, so that a full volume can always be emptied.
+    pub const FREES: JobKind = JobKind {
+        frees_space: true,
+        durable: false,
+    };
+}
+
 /// Counters of the committer, for benchmarks and status.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitStats {
@@ -102,20 +111,26 @@ pub struct Committer {
 }
 
 struct Worker {
-    db: Arc<Database>,
-    backend: RegionBackend,
+    store: Arc<Store>,
     stats: Arc<Mutex<CommitStats>>,
+    /// The reserve value was given up to let a full volume free space.
+    reserve_missing: bool,
+}
+
+/// A failure that means the metadata region is full (redb then has to be reopened).
+fn is_space_failure(e: &MetaError) -> bool {
+    e.is_metadata_full()
 }
 
 impl Committer {
     /// Starts the committer; non-durable changes become durable within `interval`.
-    pub fn start(db: Arc<Database>, backend: RegionBackend, interval: Duration) -> Committer {
+    pub fn start(store: Arc<Store>, interval: Duration) -> Committer {
         let (tx, rx) = unbounded();
         let stats = Arc::new(Mutex::new(CommitStats::default()));
         let worker = Worker {
-            db,
-            backend,
+            store,
             stats: stats.clone(),
+            reserve_missing: false,
         };
         let thread = std::thread::Builder::new()
             .name("csvfs-commit".into())
@@ -189,7 +204,7 @@ impl Drop for Committer {
 }
 
 impl Worker {
-    fn run(self, rx: Receiver<Request>, interval: Duration) {
+    fn run(mut self, rx: Receiver<Request>, interval: Duration) {
         let mut dirty_since: Option<Instant> = None;
         loop {
             let timeout = match dirty_since {
@@ -240,34 +255,110 @@ impl Worker {
     }
 
     /// Runs a batch; returns true when everything is now durable.
-    fn run_batch(&self, mut batch: Vec<Box<dyn Job>>, durable: bool) -> bool {
-        match self.commit(&mut batch, durable) {
+    fn run_batch(&mut self, mut batch: Vec<Box<dyn Job>>, durable: bool) -> bool {
+        let first = self.commit(&mut batch, durable);
+        match first {
             Ok(()) => {
+                let frees = batch.iter().any(|j| j.frees_space());
                 for j in batch {
                     j.finish(Ok(()));
                 }
-                durable
+                if frees && self.reserve_missing {
+                    self.restore_reserve();
+                }
+                durable || self.store.needs_durable_commits()
             }
-            Err(e) if batch.len() == 1 => {
-                batch.pop().expect("one job").finish(Err(e));
-                false
-            }
-            Err(_) => {
-                let mut all_durable = durable;
+            Err(e) => {
+                if is_space_failure(&e) {
+                    self.after_full();
+                }
+                let mut all_durable = true;
                 for j in batch {
                     let mut one = [j];
-                    let r = self.commit(&mut one, durable);
+                    let mut r = self.commit(&mut one, durable);
+                    if r.as_ref().is_err_and(is_space_failure) {
+                        self.after_full();
+                        if one[0].frees_space() && self.give_up_reserve() {
+                            r = self.commit(&mut one, durable);
+                            if r.as_ref().is_err_and(is_space_failure) {
+                                self.after_full();
+                            }
+                        }
+                    }
                     all_durable &= r.is_ok();
                     let [j] = one;
-                    j.finish(r);
+                    j.finish(r.map_err(|e| {
+                        if is_space_failure(&e) {
+                            MetaError::MetadataFull
+                        } else {
+                            e
+                        }
+                    }));
                 }
-                all_durable
+                all_durable && durable
+            }
+        }
+    }
+
+    /// The store failed to grow: reopen it (nothing is lost: near a full region every
+    /// commit is durable).
+    fn after_full(&self) {
+        if let Err(e) = self.store.reopen() {
+            tracing::error!(error = %e, "cannot reopen the metadata store");
+        }
+    }
+
+    /// Drops the reserve value so that operations that free space find pages.
+    fn give_up_reserve(&mut self) -> bool {
+        if self.reserve_missing {
+            return false;
+        }
+        let given = self.commit_with(true, |txn| take_reserve(txn).map(|_| ()));
+        if given.is_ok() {
+            tracing::warn!("metadata region full: using its reserve to free space");
+            self.reserve_missing = true;
+            true
+        } else {
+            self.after_full();
+            false
+        }
+    }
+
+    fn restore_reserve(&mut self) {
+        let capacity = self.store.backend().usage().0;
+        match self.commit_with(true, |txn| put_reserve(txn, capacity).map(|_| ())) {
+            Ok(()) => self.reserve_missing = false,
+            Err(e) if is_space_failure(&e) => self.after_full(),
+            Err(e) => tracing::warn!(error = %e, "cannot restore the metadata reserve"),
+        }
+    }
+
+    fn commit_with(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> MetaResult<()>,
+    ) -> MetaResult<()> {
+        let db = self.store.db();
+        let mut txn = db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        txn.set_quick_repair(true);
+        match f(&txn) {
+            Ok(()) => Ok(txn.commit()?),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
             }
         }
     }
 
     fn commit(&self, jobs: &mut [Box<dyn Job>], durable: bool) -> MetaResult<()> {
-        let mut txn = self.db.begin_write()?;
+        let durable = durable || self.store.needs_durable_commits();
+        let db = self.store.db();
+        let mut txn = db.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -276,15 +367,12 @@ impl Worker {
         if durable {
             txn.set_quick_repair(true);
         }
-        self.backend
-            .set_allow_reserve(jobs.iter().any(|j| j.frees_space()));
         let outcome = (|| {
             for j in jobs.iter_mut() {
                 j.run(&txn)?;
             }
             if durable {
                 // Freed extents become reusable only once their freeing is durable.
-                self.backend.set_allow_reserve(true);
                 release_pending(&txn)?;
             }
             Ok(())
@@ -296,7 +384,6 @@ impl Worker {
                 Err(e)
             }
         };
-        self.backend.set_allow_reserve(false);
         if result.is_ok() {
             let mut s = self.stats.lock();
             s.commits += 1;

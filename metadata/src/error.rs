@@ -26,9 +26,12 @@ pub enum MetaError {
     /// An argument the operation cannot accept.
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
-    /// The data region or the metadata region is full.
+    /// The data region is full.
     #[error("no space left on the volume")]
     NoSpace,
+    /// The metadata region is full (redb could not grow its file).
+    #[error("no space left in the volume's metadata region")]
+    MetadataFull,
     /// No such extended attribute.
     #[error("no such attribute")]
     NoData,
@@ -63,6 +66,10 @@ pub enum MetaError {
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Store(String),
+    /// The store refused to go on after an earlier I/O failure (such as a full region);
+    /// it must be reopened.
+    #[error("metadata store must be reopened after an earlier I/O error")]
+    StoreLatched,
 }
 
 impl MetaError {
@@ -77,27 +84,31 @@ impl MetaError {
             IsDir => libc::EISDIR,
             NameTooLong => libc::ENAMETOOLONG,
             Invalid(_) => libc::EINVAL,
-            NoSpace => libc::ENOSPC,
+            NoSpace | MetadataFull => libc::ENOSPC,
             NoData => libc::ENODATA,
             Range => libc::ERANGE,
             TooManyLinks => libc::EMLINK,
             NotSupported => libc::EOPNOTSUPP,
             ReadOnly => libc::EROFS,
-            Corrupt(_) | Store(_) => libc::EIO,
+            Corrupt(_) | Store(_) | StoreLatched => libc::EIO,
             Block(e) => e.errno(),
         }
     }
 
-    /// True for the failures that are about space, so a batch can retry without them.
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, MetaError::NoSpace)
+    /// True when the metadata store failed to grow (or refuses to go on after that)
+    /// and must be reopened.
+    pub fn is_metadata_full(&self) -> bool {
+        matches!(self, MetaError::MetadataFull | MetaError::StoreLatched)
     }
 }
 
 fn from_redb(e: redb::Error) -> MetaError {
     match e {
-        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => MetaError::NoSpace,
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            MetaError::MetadataFull
+        }
         redb::Error::Corrupted(msg) => MetaError::Corrupt(msg),
+        redb::Error::PreviousIo => MetaError::StoreLatched,
         other => MetaError::Store(other.to_string()),
     }
 }

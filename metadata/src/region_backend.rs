@@ -3,8 +3,7 @@
 //! redb wants a growable file; the region is fixed. The backend keeps redb's logical
 //! length in a small header (redb forces a recovery when `len()` disagrees with its
 //! own layout) and refuses growth past the region with `StorageFull`, which the store
-//! reports as ENOSPC. A reserve at the end of the region is kept for operations that
-//! free space, so that a full volume can always delete files.
+//! reports as ENOSPC (see [`crate::store`] for how a full region is survived).
 //!
 //! Region layout: blocks 0 and 1 hold two header slots, written alternately, so a torn
 //! header write leaves the other; redb's bytes start at block 2.
@@ -22,7 +21,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
 use parking_lot::Mutex;
@@ -105,9 +103,6 @@ struct Inner {
     base: u64,
     /// Bytes the store may use.
     capacity: u64,
-    /// Bytes kept back for operations that free space.
-    reserve: u64,
-    allow_reserve: AtomicBool,
     len: Mutex<LenState>,
     /// Serialises read-modify-write of partial blocks.
     rmw: Mutex<()>,
@@ -143,14 +138,11 @@ impl RegionBackend {
                 header.len
             )));
         }
-        let reserve = (capacity / 16).clamp(1 << 20, 256 << 20).min(capacity / 4);
         Ok(RegionBackend {
             inner: Arc::new(Inner {
                 dev,
                 base: region.byte_offset() + HEADER_SLOTS * BS,
                 capacity,
-                reserve,
-                allow_reserve: AtomicBool::new(false),
                 len: Mutex::new(LenState { header }),
                 rmw: Mutex::new(()),
                 read_only,
@@ -174,22 +166,9 @@ impl RegionBackend {
         best.ok_or_else(|| last_err.expect("two slots were read"))
     }
 
-    /// Lets the next growths use the reserve (for operations that free space).
-    pub fn set_allow_reserve(&self, allow: bool) {
-        self.inner.allow_reserve.store(allow, Ordering::SeqCst);
-    }
-
     /// Bytes the store may grow to, and its current length.
     pub fn usage(&self) -> (u64, u64) {
         (self.inner.capacity, self.inner.len.lock().header.len)
-    }
-
-    fn limit(&self) -> u64 {
-        if self.inner.allow_reserve.load(Ordering::SeqCst) {
-            self.inner.capacity
-        } else {
-            self.inner.capacity - self.inner.reserve
-        }
     }
 
     fn check(&self, offset: u64, len: usize) -> io::Result<()> {
@@ -265,7 +244,7 @@ impl redb::StorageBackend for RegionBackend {
                 "volume is read-only",
             ));
         }
-        if len > self.limit() {
+        if len > self.inner.capacity {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "metadata region is full",
@@ -334,7 +313,6 @@ mod tests {
         assert_eq!(&out, b"hello");
         let err = b2.set_len(39 * BS).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
-        b2.set_allow_reserve(true);
         b2.set_len(38 * BS).unwrap();
     }
 

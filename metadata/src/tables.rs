@@ -25,6 +25,8 @@ pub const FREE_BY_LEN: TableDefinition<(u64, u64), ()> = TableDefinition::new("f
 pub const PENDING_FREE: TableDefinition<u64, u64> = TableDefinition::new("pending_free");
 /// Inodes with no links that may still be open: ino → ().
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
+/// Space held back for operations that free space (see [`crate::store`]): 0 → bytes.
+pub const RESERVE: TableDefinition<u64, &[u8]> = TableDefinition::new("reserve");
 /// Named counters: "next_ino", "free_blocks", "inodes", "generation".
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
-use redb::{Database, ReadableDatabase, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::alloc::{add_counter, free_now};
 use crate::commit::{CommitStats, Committer, JobKind};
@@ -15,6 +15,7 @@ use crate::layout::{Layout, Region};
 use crate::namespace::Ctx;
 use crate::query::Snapshot;
 use crate::region_backend::RegionBackend;
+use crate::store::Store;
 use crate::superblock::{MAX_LABEL_LEN, Superblock};
 use crate::tables::{
     COUNTERS, DIR_COOKIES, DIRENTS, EXTENTS, FREE, FREE_BY_LEN, INODES, ORPHANS, PENDING_FREE,
@@ -71,8 +72,7 @@ pub struct Usage {
 pub struct Volume {
     dev: Arc<dyn BlockDevice>,
     sb: Superblock,
-    db: Arc<Database>,
-    backend: RegionBackend,
+    store: Arc<Store>,
     committer: Option<Committer>,
 }
 
@@ -122,11 +122,13 @@ impl Volume {
         RegionBackend::format(&*dev, layout.metadata)?;
         dev.flush()?;
         let backend = RegionBackend::open(dev.clone(), layout.metadata, false)?;
+        let capacity = backend.usage().0;
         let db = redb::Builder::new().create_with_backend(backend)?;
         let now = Timestamp::now();
         let mut txn = db.begin_write()?;
         txn.set_quick_repair(true);
         Self::init_tables(&txn, layout.data, now)?;
+        crate::store::put_reserve(&txn, capacity)?;
         txn.commit()?;
         drop(db);
         let created = now.secs.max(0) as u64;
@@ -192,26 +194,19 @@ impl Volume {
             dev.clone()
         };
         let backend = RegionBackend::open(store_dev, sb.metadata, false)?;
-        let mut builder = redb::Builder::new();
-        builder.set_cache_size(opts.cache_bytes);
         // Read-only mounts open the same way but never commit: redb's read-only open
         // refuses a store that was not shut down cleanly, and such a volume must still
         // mount read-only.
-        let db = Arc::new(builder.create_with_backend(backend.clone())?);
+        let store = Arc::new(Store::open(backend, opts.cache_bytes)?);
         let committer = if opts.read_only {
             None
         } else {
-            Some(Committer::start(
-                db.clone(),
-                backend.clone(),
-                opts.durable_interval,
-            ))
+            Some(Committer::start(store.clone(), opts.durable_interval))
         };
         let vol = Volume {
             dev,
             sb,
-            db,
-            backend,
+            store,
             committer,
         };
         if !opts.read_only {
@@ -249,7 +244,7 @@ impl Volume {
 
     /// A consistent view of the store as of now.
     pub fn snapshot(&self) -> MetaResult<Snapshot> {
-        Ok(Snapshot::new(self.db.begin_read()?))
+        Ok(Snapshot::new(self.store.db().begin_read()?))
     }
 
     /// Runs `f` in the next group commit and returns its result once committed.
@@ -280,10 +275,16 @@ impl Volume {
         let snap = self.snapshot()?;
         let c = snap.txn().open_table(COUNTERS)?;
         let get = |n: &str| -> MetaResult<u64> { Ok(c.get(n)?.map(|v| v.value()).unwrap_or(0)) };
-        let (capacity, _) = self.backend.usage();
+        let (capacity, _) = self.store.backend().usage();
+        // Extents freed since the last durable commit are free within a second; a full
+        // volume releases them at once (see the data path), so they count as free.
+        let mut pending = 0;
+        for e in snap.txn().open_table(PENDING_FREE)?.iter()? {
+            pending += e?.1.value();
+        }
         Ok(Usage {
             data_blocks: self.sb.data.blocks,
-            free_blocks: get(counter::FREE_BLOCKS)?,
+            free_blocks: get(counter::FREE_BLOCKS)? + pending,
             inodes: get(counter::INODES)?,
             inode_capacity: capacity / BYTES_PER_INODE_ESTIMATE,
         })

@@ -56,8 +56,13 @@ pub fn bin(name: &str) -> PathBuf {
     let links = dir.join("links");
     std::fs::create_dir_all(&links).expect("create links dir");
     let link = links.join(name);
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    // Tests run in parallel: make the link under a private name and rename it into place.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tmp = links.join(format!(".{name}.{}.{n}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp).expect("symlink");
+    std::fs::rename(&tmp, &link).expect("rename link into place");
     link
 }
 
