@@ -111,6 +111,11 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> MetaResult<Report> {
             fixes.rewrite_backup_superblock = true;
         }
     }
+    let store_place = format!(
+        "metadata store (LUN bytes {}..{})",
+        sb.metadata.byte_offset(),
+        sb.metadata.byte_offset() + sb.metadata.byte_len()
+    );
     let target: Arc<dyn BlockDevice> = if repair {
         dev.clone()
     } else {
@@ -124,39 +129,31 @@ pub fn check(dev: Arc<dyn BlockDevice>, repair: bool) -> MetaResult<Report> {
     let mut db = match opened {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => {
-            report.add("metadata store", format!("cannot be opened: {e}"), false);
+            report.add(&store_place, format!("cannot be opened: {e}"), false);
             return Ok(report);
         }
         Err(_) => {
-            report.add(
-                "metadata store",
-                "is damaged beyond what redb can open",
-                false,
-            );
+            report.add(&store_place, "is damaged beyond what redb can open", false);
             return Ok(report);
         }
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())) {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => report.add(
-            "metadata store",
+            &store_place,
             "page checksums failed; redb's repair can rebuild it",
             true,
         ),
         Ok(Err(e)) => {
             report.add(
-                "metadata store",
+                &store_place,
                 format!("page checksums failed and it cannot be repaired: {e}"),
                 false,
             );
             return Ok(report);
         }
         Err(_) => {
-            report.add(
-                "metadata store",
-                "is damaged beyond what redb can check",
-                false,
-            );
+            report.add(&store_place, "is damaged beyond what redb can check", false);
             return Ok(report);
         }
     }
