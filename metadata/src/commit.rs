@@ -1,24 +1,25 @@
 //! Group commit: the single writer of the metadata store.
 //!
-//! Every change to the store is a job, a closure over a write transaction, sent to one
-//! committer thread. The committer runs all the jobs waiting at that moment in one
-//! transaction, so concurrent operations share one commit (and, when durable, one
-//! flush). A job that fails must leave nothing behind: when any job of a batch fails,
+//! Every change to the store is a job, a closure over a write transaction. The first
+//! thread to submit a job while no commit is running becomes the leader: it commits
+//! every job waiting at that moment in one transaction, its own and other threads',
+//! and goes on until the queue is empty, so concurrent operations share one commit
+//! (and, when durable, one flush) and a lone thread commits without a thread switch. A job that fails must leave nothing behind: when any job of a batch fails,
 //! the batch is thrown away and each job runs again in a transaction of its own, so
 //! only the failing one fails.
 //!
 //! Commits are not durable by default (redb `Durability::None`): they are visible to
 //! readers at once and become durable at the next durable commit, which happens when a
-//! job asks for it (fsync) or at the latest `interval` after the first change, as a
-//! journal commit does in ext4. Extents freed in between wait in PENDING_FREE and are
+//! job asks for it (fsync) or at the latest `interval` after the first change (a timer
+//! thread sees to it), as a journal commit does in ext4. Extents freed in between wait in PENDING_FREE and are
 //! released in the durable commit (see [`crate::alloc`]).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
-use parking_lot::Mutex;
+use crossbeam_channel::{Sender, bounded};
+use parking_lot::{Condvar, Mutex};
 use redb::{Durability, WriteTransaction};
 
 use crate::alloc::release_pending;
@@ -68,11 +69,6 @@ where
     }
 }
 
-enum Request {
-    Job(Box<dyn Job>),
-    Shutdown(Sender<MetaResult<()>>),
-}
-
 /// How a job wants to be committed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JobKind {
@@ -102,17 +98,41 @@ pub struct CommitStats {
     pub jobs: u64,
 }
 
-/// The handle to the committer thread.
+/// The single writer of the store.
 #[derive(Debug)]
 pub struct Committer {
-    tx: Sender<Request>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    stats: Arc<Mutex<CommitStats>>,
+    shared: Arc<Shared>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Box<dyn Job>>,
+    /// A thread is committing batches.
+    leading: bool,
+    /// Since when non-durable changes wait for a durable commit.
+    dirty_since: Option<Instant>,
+    stopped: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake_timer: Condvar,
+    worker: Mutex<Worker>,
+    stats: Mutex<CommitStats>,
+    interval: Duration,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Worker {
     store: Arc<Store>,
-    stats: Arc<Mutex<CommitStats>>,
     /// The reserve value was given up to let a full volume free space.
     reserve_missing: bool,
 }
@@ -125,21 +145,24 @@ fn is_space_failure(e: &MetaError) -> bool {
 impl Committer {
     /// Starts the committer; non-durable changes become durable within `interval`.
     pub fn start(store: Arc<Store>, interval: Duration) -> Committer {
-        let (tx, rx) = unbounded();
-        let stats = Arc::new(Mutex::new(CommitStats::default()));
-        let worker = Worker {
-            store,
-            stats: stats.clone(),
-            reserve_missing: false,
-        };
-        let thread = std::thread::Builder::new()
-            .name("csvfs-commit".into())
-            .spawn(move || worker.run(rx, interval))
-            .expect("spawn committer thread");
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake_timer: Condvar::new(),
+            worker: Mutex::new(Worker {
+                store,
+                reserve_missing: false,
+            }),
+            stats: Mutex::new(CommitStats::default()),
+            interval,
+        });
+        let s = shared.clone();
+        let timer = std::thread::Builder::new()
+            .name("csvfs-commit-timer".into())
+            .spawn(move || s.run_timer())
+            .expect("spawn commit timer thread");
         Committer {
-            tx,
-            thread: Mutex::new(Some(thread)),
-            stats,
+            shared,
+            timer: Mutex::new(Some(timer)),
         }
     }
 
@@ -149,19 +172,7 @@ impl Committer {
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> MetaResult<R> + Send + 'static,
     {
-        let (reply, rx) = bounded(1);
-        let job = TypedJob {
-            f,
-            result: None,
-            reply,
-            frees: kind.frees_space,
-            durable: kind.durable,
-        };
-        self.tx
-            .send(Request::Job(Box::new(job)))
-            .map_err(|_| MetaError::Store("the committer has stopped".into()))?;
-        rx.recv()
-            .map_err(|_| MetaError::Store("the committer has stopped".into()))?
+        self.shared.submit(kind, f)
     }
 
     /// Makes every change committed so far durable.
@@ -175,25 +186,21 @@ impl Committer {
         )
     }
 
-    /// Makes everything durable and stops the thread.
+    /// Makes everything durable and stops.
     pub fn shutdown(&self) -> MetaResult<()> {
-        let Some(thread) = self.thread.lock().take() else {
+        let Some(timer) = self.timer.lock().take() else {
             return Ok(());
         };
-        let (ack, rx) = bounded(1);
-        let sent = self.tx.send(Request::Shutdown(ack)).is_ok();
-        let result = if sent {
-            rx.recv().unwrap_or(Ok(()))
-        } else {
-            Ok(())
-        };
-        let _ = thread.join();
+        let result = self.sync();
+        self.shared.queue.lock().stopped = true;
+        self.shared.wake_timer.notify_all();
+        let _ = timer.join();
         result
     }
 
     /// Counters so far.
     pub fn stats(&self) -> CommitStats {
-        *self.stats.lock()
+        *self.shared.stats.lock()
     }
 }
 
@@ -203,57 +210,106 @@ impl Drop for Committer {
     }
 }
 
-impl Worker {
-    fn run(mut self, rx: Receiver<Request>, interval: Duration) {
-        let mut dirty_since: Option<Instant> = None;
+impl Shared {
+    fn submit<R, F>(&self, kind: JobKind, f: F) -> MetaResult<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> MetaResult<R> + Send + 'static,
+    {
+        let (reply, rx) = bounded(1);
+        let job = TypedJob {
+            f,
+            result: None,
+            reply,
+            frees: kind.frees_space,
+            durable: kind.durable,
+        };
+        let lead = {
+            let mut q = self.queue.lock();
+            if q.stopped {
+                return Err(MetaError::Store("the volume is closed".into()));
+            }
+            q.jobs.push(Box::new(job));
+            !std::mem::replace(&mut q.leading, true)
+        };
+        if lead {
+            self.lead();
+        }
+        rx.recv()
+            .map_err(|_| MetaError::Store("the committer dropped a job".into()))?
+    }
+
+    /// Commits batches until the queue is empty.
+    fn lead(&self) {
         loop {
-            let timeout = match dirty_since {
-                Some(t) => interval.saturating_sub(t.elapsed()),
-                None => Duration::from_secs(3600),
-            };
-            let first = match rx.recv_timeout(timeout) {
-                Ok(r) => r,
-                Err(RecvTimeoutError::Timeout) => {
-                    if dirty_since.is_some() && self.commit(&mut [], true).is_ok() {
-                        dirty_since = None;
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.commit(&mut [], true);
+            let (batch, due) = {
+                let mut q = self.queue.lock();
+                if q.jobs.is_empty() {
+                    q.leading = false;
                     return;
                 }
+                let n = q.jobs.len().min(MAX_BATCH);
+                let batch: Vec<Box<dyn Job>> = q.jobs.drain(..n).collect();
+                (
+                    batch,
+                    q.dirty_since.is_some_and(|t| t.elapsed() >= self.interval),
+                )
             };
-            let mut batch: Vec<Box<dyn Job>> = Vec::new();
-            let mut shutdown = None;
-            match first {
-                Request::Job(j) => batch.push(j),
-                Request::Shutdown(ack) => shutdown = Some(ack),
+            let durable = due || batch.iter().any(|j| j.durable());
+            let jobs = batch.len() as u64;
+            let outcome = self.worker.lock().run_batch(batch, durable);
+            {
+                let mut s = self.stats.lock();
+                s.commits += 1;
+                s.jobs += jobs;
+                s.durable_commits += u64::from(outcome);
             }
-            while shutdown.is_none() && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Request::Job(j)) => batch.push(j),
-                    Ok(Request::Shutdown(ack)) => shutdown = Some(ack),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                let due = dirty_since.is_some_and(|t| t.elapsed() >= interval);
-                let durable = due || shutdown.is_some() || batch.iter().any(|j| j.durable());
-                if self.run_batch(batch, durable) {
-                    dirty_since = None;
-                } else if dirty_since.is_none() {
-                    dirty_since = Some(Instant::now());
-                }
-            }
-            if let Some(ack) = shutdown {
-                let r = self.commit(&mut [], true);
-                let _ = ack.send(r);
-                return;
+            let mut q = self.queue.lock();
+            if outcome {
+                q.dirty_since = None;
+            } else if q.dirty_since.is_none() {
+                q.dirty_since = Some(Instant::now());
+                self.wake_timer.notify_all();
             }
         }
     }
 
+    /// Makes non-durable changes durable at most `interval` after the first one.
+    fn run_timer(&self) {
+        loop {
+            let due = {
+                let mut q = self.queue.lock();
+                loop {
+                    if q.stopped {
+                        return;
+                    }
+                    match q.dirty_since {
+                        Some(t) if t.elapsed() >= self.interval => break,
+                        Some(t) => {
+                            let left = self.interval - t.elapsed();
+                            self.wake_timer.wait_for(&mut q, left);
+                        }
+                        None => {
+                            self.wake_timer.wait_for(&mut q, Duration::from_secs(3600));
+                        }
+                    }
+                }
+                true
+            };
+            if due {
+                let _ = self.submit(
+                    JobKind {
+                        frees_space: false,
+                        durable: true,
+                    },
+                    |_| Ok(()),
+                );
+            }
+        }
+    }
+}
+
+impl Worker {
     /// Runs a batch; returns true when everything is now durable.
     fn run_batch(&mut self, mut batch: Vec<Box<dyn Job>>, durable: bool) -> bool {
         let first = self.commit(&mut batch, durable);
@@ -377,19 +433,12 @@ impl Worker {
             }
             Ok(())
         })();
-        let result = match outcome {
+        match outcome {
             Ok(()) => txn.commit().map_err(MetaError::from),
             Err(e) => {
                 let _ = txn.abort();
                 Err(e)
             }
-        };
-        if result.is_ok() {
-            let mut s = self.stats.lock();
-            s.commits += 1;
-            s.jobs += jobs.len() as u64;
-            s.durable_commits += u64::from(durable);
         }
-        result
     }
 }

@@ -1,0 +1,51 @@
+use blockdev::{BlockDevice, FileDevice};
+use metadata::{FormatOptions, JobKind, NewNode, OpenOptions, ROOT_INO, Volume};
+use std::sync::Arc;
+fn main() {
+    let p = std::path::Path::new("/var/tmp/cb.img");
+    FileDevice::create_image(p, 1 << 30).unwrap();
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(p, false).unwrap());
+    Volume::format(
+        dev.clone(),
+        &FormatOptions {
+            label: "B".into(),
+            metadata_bytes: None,
+            force: true,
+        },
+    )
+    .unwrap();
+    let vol = Volume::open(dev, &OpenOptions::default()).unwrap();
+    let t = std::time::Instant::now();
+    let n = 5000;
+    for i in 0..n {
+        let name = format!("f{i}").into_bytes();
+        let node = NewNode {
+            mode: libc::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        vol.write(JobKind::default(), move |c| {
+            c.create(ROOT_INO, &name, &node)
+        })
+        .unwrap();
+    }
+    let e = t.elapsed();
+    println!(
+        "{} creates/s via committer ({:?} each)",
+        n as f64 / e.as_secs_f64(),
+        e / n
+    );
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        vol.write(JobKind::default(), |_c| Ok(())).unwrap();
+    }
+    println!("empty job: {:?} each", t.elapsed() / n);
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let s = vol.snapshot().unwrap();
+        let _ = s.lookup(ROOT_INO, format!("f{i}").as_bytes()).unwrap();
+    }
+    println!("snapshot+lookup: {:?} each", t.elapsed() / n);
+}
