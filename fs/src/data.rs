@@ -65,16 +65,16 @@ impl DataPath {
             });
         }
         let (b0, b1) = (offset / BS, end.div_ceil(BS));
-        let mut buf = AlignedBuf::zeroed(((b1 - b0) * BS) as usize);
+        let mut buf = AlignedBuf::for_overwrite(((b1 - b0) * BS) as usize);
         let extents = snap.extents(ino, b0, b1)?;
         for seg in metadata::extent::segments(&extents, b0, b1) {
-            if let Segment::Mapped(e) = seg
-                && !e.unwritten
-            {
-                self.dev.read_at(
+            match seg {
+                Segment::Mapped(e) if !e.unwritten => self.dev.read_at(
                     segment_slice(&mut buf, b0, e.logical, e.len),
                     e.physical * BS,
-                )?;
+                )?,
+                Segment::Mapped(e) => segment_slice(&mut buf, b0, e.logical, e.len).fill(0),
+                Segment::Hole { logical, len } => segment_slice(&mut buf, b0, logical, len).fill(0),
             }
         }
         Ok(ReadBuf {
@@ -97,23 +97,21 @@ impl DataPath {
         }
     }
 
-    /// Reads one block of a range's map into `out` if it holds written data.
-    fn read_block_if_written(
-        &self,
-        segs: &[Segment],
-        block: u64,
-        out: &mut [u8],
-    ) -> MetaResult<()> {
+    /// Fills `out` with one block of a range's map: its data if it holds written data,
+    /// zeros otherwise.
+    fn load_block(&self, segs: &[Segment], block: u64, out: &mut [u8]) -> MetaResult<()> {
         for seg in segs {
             if let Segment::Mapped(e) = seg
                 && !e.unwritten
                 && e.logical <= block
                 && block < e.logical_end()
             {
-                self.dev
-                    .read_at(out, (e.physical + block - e.logical) * BS)?;
+                return Ok(self
+                    .dev
+                    .read_at(out, (e.physical + block - e.logical) * BS)?);
             }
         }
+        out.fill(0);
         Ok(())
     }
 
@@ -147,13 +145,15 @@ impl DataPath {
         } else {
             before.clone()
         };
-        let mut buf = AlignedBuf::zeroed(((b1 - b0) * BS) as usize);
+        // Every byte of the buffer is set below: the data, and around it the old
+        // contents of partial blocks (or zeros).
+        let mut buf = AlignedBuf::for_overwrite(((b1 - b0) * BS) as usize);
         if !offset.is_multiple_of(BS) {
-            self.read_block_if_written(&before, b0, &mut buf[..BS as usize])?;
+            self.load_block(&before, b0, &mut buf[..BS as usize])?;
         }
-        if end % BS != 0 && (b1 - 1 != b0 || offset.is_multiple_of(BS)) {
+        if !end.is_multiple_of(BS) && (b1 - 1 != b0 || offset.is_multiple_of(BS)) {
             let at = ((b1 - 1 - b0) * BS) as usize;
-            self.read_block_if_written(&before, b1 - 1, &mut buf[at..at + BS as usize])?;
+            self.load_block(&before, b1 - 1, &mut buf[at..at + BS as usize])?;
         }
         if offset > size && size / BS == b0 {
             // The old end is inside the first block: what lies between it and this write
