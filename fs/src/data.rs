@@ -13,7 +13,9 @@
 use std::sync::Arc;
 
 use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
-use metadata::{Inode, JobKind, MetaError, MetaResult, Segment, Volume};
+use metadata::{Inode, JobKind, MetaError, MetaResult, Segment, Timestamp, Volume};
+
+use crate::times::PendingTimes;
 
 const BS: u64 = FS_BLOCK_SIZE as u64;
 
@@ -35,6 +37,8 @@ impl ReadBuf {
 pub struct DataPath {
     vol: Arc<Volume>,
     dev: Arc<dyn BlockDevice>,
+    /// Times of in-place overwrites not yet committed.
+    pub times: PendingTimes,
 }
 
 fn segment_slice(buf: &mut [u8], first_block: u64, logical: u64, len: u64) -> &mut [u8] {
@@ -46,7 +50,11 @@ impl DataPath {
     /// The data path of `vol`.
     pub fn new(vol: Arc<Volume>) -> DataPath {
         let dev = vol.device().clone();
-        DataPath { vol, dev }
+        DataPath {
+            vol,
+            dev,
+            times: PendingTimes::default(),
+        }
     }
 
     /// Reads up to `size` bytes at `offset`.
@@ -132,11 +140,16 @@ impl DataPath {
             return self.vol.snapshot()?.inode(ino);
         }
         let (b0, b1) = (offset / BS, end.div_ceil(BS));
-        let size = self.vol.snapshot()?.inode(ino)?.size;
+        let inode = self.vol.snapshot()?.inode(ino)?;
+        let size = inode.size;
         if offset > size && size / BS < b0 {
             self.zero_beyond_eof(ino, size)?;
         }
         let before = self.map(ino, b0, b1)?;
+        let in_place = end <= size
+            && before
+                .iter()
+                .all(|s| matches!(s, Segment::Mapped(e) if !e.unwritten));
         let segs = if before.iter().any(|s| matches!(s, Segment::Hole { .. })) {
             self.with_space(|| {
                 self.vol
@@ -174,8 +187,41 @@ impl DataPath {
                 }
             }
         }
-        self.vol.write(JobKind::default(), move |c| {
+        if in_place {
+            // Nothing changed on disk but the times: defer them (see crate::times).
+            let mut inode = inode;
+            self.times.touch(ino, Timestamp::now());
+            self.times.overlay(ino, &mut inode);
+            return Ok(inode);
+        }
+        let inode = self.vol.write(JobKind::default(), move |c| {
             c.commit_write(ino, b0, b1, end)
+        })?;
+        self.times.discard(ino);
+        Ok(inode)
+    }
+
+    /// Commits the deferred times of `ino`.
+    pub fn flush_times(&self, ino: u64) -> MetaResult<()> {
+        match self.times.take(ino) {
+            Some(t) => self
+                .vol
+                .write(JobKind::default(), move |c| c.touch_times(ino, t)),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits every deferred time.
+    pub fn flush_all_times(&self) -> MetaResult<()> {
+        let all = self.times.take_all();
+        if all.is_empty() {
+            return Ok(());
+        }
+        self.vol.write(JobKind::default(), move |c| {
+            for &(ino, t) in &all {
+                c.touch_times(ino, t)?;
+            }
+            Ok(())
         })
     }
 
@@ -234,12 +280,21 @@ impl DataPath {
         }
         // Shrinking: the new last block's tail; growing: the old one's.
         self.zero_beyond_eof(ino, size.min(inode.size))?;
-        self.vol
-            .write(JobKind::FREES, move |c| c.truncate(ino, size))
+        let inode = self
+            .vol
+            .write(JobKind::FREES, move |c| c.truncate(ino, size))?;
+        self.times.discard(ino);
+        Ok(inode)
     }
 
     /// fallocate(2): `mode` as the syscall takes it.
     pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> MetaResult<Inode> {
+        let inode = self.fallocate_ops(ino, offset, len, mode)?;
+        self.times.discard(ino);
+        Ok(inode)
+    }
+
+    fn fallocate_ops(&self, ino: u64, offset: u64, len: u64, mode: i32) -> MetaResult<Inode> {
         let end = offset
             .checked_add(len)
             .ok_or(MetaError::Invalid("range overflows"))?;

@@ -34,8 +34,9 @@ const MAX_WRITE: u32 = 1 << 20;
 /// A mounted volume, as the kernel sees it.
 pub struct CsvFs {
     vol: Arc<Volume>,
+    writeback: bool,
     data: DataPath,
-    inodes: InodeTable,
+    inodes: Arc<InodeTable>,
 }
 
 fn errno(e: &MetaError) -> Errno {
@@ -94,19 +95,27 @@ fn open_flags(flags: i32) -> FopenFlags {
 }
 
 impl CsvFs {
-    /// A front end over an open volume.
-    pub fn new(vol: Arc<Volume>) -> CsvFs {
+    /// A front end over an open volume; `writeback` asks the kernel to cache writes.
+    pub fn new(vol: Arc<Volume>, writeback: bool) -> CsvFs {
         let data = DataPath::new(vol.clone());
         CsvFs {
             vol,
+            writeback,
             data,
-            inodes: InodeTable::default(),
+            inodes: Arc::new(InodeTable::default()),
         }
+    }
+
+    /// The kernel's view of an inode, with deferred times shown.
+    fn attr(&self, ino: u64, inode: &Inode) -> FileAttr {
+        let mut i = *inode;
+        self.data.times.overlay(ino, &mut i);
+        file_attr(ino, &i)
     }
 
     fn entry(&self, reply: ReplyEntry, ino: u64, inode: &Inode) {
         self.inodes.looked_up(ino);
-        reply.entry(&TTL, &file_attr(ino, inode), Generation(inode.generation));
+        reply.entry(&TTL, &self.attr(ino, inode), Generation(inode.generation));
     }
 
     /// Deletes `ino` if its last link is gone and the kernel no longer holds it.
@@ -120,6 +129,7 @@ impl CsvFs {
         }
         let state = self.inodes.get(ino);
         let _g = state.data.write();
+        self.data.times.discard(ino);
         if let Err(e) = self.vol.write(JobKind::FREES, move |c| c.delete_inode(ino)) {
             tracing::error!(ino, error = %e, "cannot delete an unlinked inode; it stays an orphan until the next mount");
         }
@@ -183,16 +193,22 @@ impl Filesystem for CsvFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
-        let wanted = InitFlags::FUSE_BIG_WRITES
+        let mut wanted = InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_AUTO_INVAL_DATA;
+        if self.writeback {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
 
     fn destroy(&mut self) {
+        if let Err(e) = self.data.flush_all_times() {
+            tracing::error!(error = %e, "cannot commit deferred file times");
+        }
         if let Err(e) = self.vol.close() {
             tracing::error!(error = %e, "final durable commit failed");
         }
@@ -217,7 +233,7 @@ impl Filesystem for CsvFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
-            Ok(i) => reply.attr(&TTL, &file_attr(ino.0, &i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(ino.0, &i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -241,11 +257,16 @@ impl Filesystem for CsvFs {
         reply: ReplyAttr,
     ) {
         let ino = ino.0;
+        // Under the data lock: writes defer their times, and an explicit time must
+        // win over a deferred one.
+        let state = self.inodes.get(ino);
+        let _g = state.data.write();
+        if mtime.is_some() {
+            self.data.times.discard(ino);
+        }
         let result = (|| {
             let mut inode = None;
             if let Some(size) = size {
-                let state = self.inodes.get(ino);
-                let _g = state.data.write();
                 inode = Some(self.data.truncate(ino, size)?);
             }
             let change = AttrChange {
@@ -271,7 +292,7 @@ impl Filesystem for CsvFs {
             Ok::<_, MetaError>(inode.expect("set above"))
         })();
         match result {
-            Ok(i) => reply.attr(&TTL, &file_attr(ino, &i)),
+            Ok(i) => reply.attr(&TTL, &self.attr(ino, &i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -331,10 +352,16 @@ impl Filesystem for CsvFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (parent, name) = (parent.0, name.as_bytes().to_vec());
-        match self
-            .vol
-            .write(JobKind::FREES, move |c| c.unlink(parent, &name))
-        {
+        let inodes = self.inodes.clone();
+        // A last link of a file nobody has open goes with its inode in one commit.
+        let unlinked = self.vol.write(JobKind::FREES, move |c| {
+            let u = c.unlink(parent, &name)?;
+            if u.orphaned && !inodes.is_open(u.ino) {
+                c.delete_inode(u.ino)?;
+            }
+            Ok(u)
+        });
+        match unlinked {
             Ok(u) => {
                 reply.ok();
                 self.after_unlink(Some(u));
@@ -518,6 +545,9 @@ impl Filesystem for CsvFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.data.flush_times(ino.0) {
+            tracing::warn!(ino = ino.0, error = %e, "cannot commit deferred file times");
+        }
         reply.ok();
         if self.inodes.closed(ino.0) {
             self.reap(ino.0);
@@ -527,12 +557,12 @@ impl Filesystem for CsvFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vol.sync() {
+        match self.data.flush_times(ino.0).and_then(|()| self.vol.sync()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -717,7 +747,7 @@ impl Filesystem for CsvFs {
                 self.inodes.opened(ino);
                 reply.created(
                     &TTL,
-                    &file_attr(ino, &inode),
+                    &self.attr(ino, &inode),
                     Generation(inode.generation),
                     FileHandle(0),
                     open_flags(flags),

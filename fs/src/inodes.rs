@@ -52,6 +52,14 @@ impl InodeTable {
         self.release_with(ino, |c| c.opens = c.opens.saturating_sub(1))
     }
 
+    /// True when a handle of `ino` is open.
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.map
+            .lock()
+            .get(&ino)
+            .is_some_and(|s| s.counts.lock().opens > 0)
+    }
+
     /// True when the kernel neither knows `ino` nor has it open.
     pub fn unreferenced(&self, ino: u64) -> bool {
         match self.map.lock().get(&ino) {

@@ -9,3 +9,4 @@ pub mod inodes;
 pub mod mount;
 pub mod mount_helper;
 pub mod options;
+pub mod times;

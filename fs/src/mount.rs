@@ -107,7 +107,7 @@ fn prepare(req: &MountRequest) -> Result<(fuser::Session<CsvFs>, Arc<Volume>, Pa
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(req.options.threads);
     config.clone_fd = true;
-    let fs = CsvFs::new(vol.clone());
+    let fs = CsvFs::new(vol.clone(), req.options.writeback && !req.options.read_only);
     let session = fuser::Session::new(fs, &canon, &config)
         .map_err(|e| anyhow::anyhow!("cannot mount {} on {}: {e}", req.lun, canon.display()))?;
     Ok((session, vol, canon))

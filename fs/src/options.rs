@@ -19,6 +19,10 @@ pub struct MountOptions {
     pub subtype: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Let the kernel cache writes and send them back in large batches (FUSE writeback
+    /// cache). Off by default: the kernel then reports a full volume only at fsync or
+    /// close, not at write(2), as a user of a cluster file system expects.
+    pub writeback: bool,
 }
 
 impl Default for MountOptions {
@@ -31,6 +35,7 @@ impl Default for MountOptions {
             noatime: false,
             subtype: true,
             threads: 4,
+            writeback: false,
         }
     }
 }
@@ -58,6 +63,8 @@ impl MountOptions {
                 "atime" => o.noatime = false,
                 "noatime" => o.noatime = true,
                 "nosubtype" => o.subtype = false,
+                "writeback" => o.writeback = true,
+                "nowriteback" => o.writeback = false,
                 "subtype" | "subtype=csvfs" => o.subtype = true,
                 _ if IGNORED.contains(&opt)
                     || opt.starts_with("x-")
@@ -69,7 +76,7 @@ impl MountOptions {
                         })?;
                     } else {
                         bail!(
-                            "unknown mount option {opt:?}; csvfs takes ro, rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, nosubtype, threads=N"
+                            "unknown mount option {opt:?}; csvfs takes ro, rw, dev, nodev, suid, nosuid, exec, noexec, atime, noatime, nosubtype, writeback, nowriteback, threads=N"
                         );
                     }
                 }

@@ -419,6 +419,22 @@ impl Ctx<'_> {
         Ok(inode)
     }
 
+    /// Records in-place writes: mtime and ctime become at least `t` (a missing inode,
+    /// deleted since, is not an error).
+    pub fn touch_times(&self, ino: u64, t: Timestamp) -> MetaResult<()> {
+        let mut inode = match self.inode(ino) {
+            Ok(i) => i,
+            Err(MetaError::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if inode.mtime < t || inode.ctime < t {
+            inode.mtime = inode.mtime.max(t);
+            inode.ctime = inode.ctime.max(t);
+            self.put(ino, &inode)?;
+        }
+        Ok(())
+    }
+
     /// Sets an extended attribute; `create` fails if it exists, `replace` if it does not.
     pub fn set_xattr(
         &self,
