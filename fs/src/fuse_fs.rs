@@ -86,6 +86,17 @@ fn time_of(t: TimeOrNow) -> Timestamp {
     }
 }
 
+/// Answers getxattr / listxattr: the size when asked with 0, ERANGE when the caller's
+/// buffer is too small, else the bytes.
+fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>, MetaError>) {
+    match bytes {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn open_flags(flags: i32) -> FopenFlags {
     if flags & libc::O_DIRECT != 0 {
         FopenFlags::FOPEN_DIRECT_IO
@@ -169,23 +180,35 @@ impl CsvFs {
         }
     }
 
+    /// Creates an inode named `name` in `parent`, owned by the caller.
     fn create_node(
         &self,
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        node: NewNode,
+        mode: u32,
+        rdev: u64,
+        symlink: Option<Vec<u8>>,
     ) -> Result<(u64, Inode), Errno> {
         let name = name.as_bytes().to_vec();
         let parent = parent.0;
         let node = NewNode {
+            mode,
             uid: req.uid(),
             gid: req.gid(),
-            ..node
+            rdev,
+            symlink,
         };
         self.vol
             .write(JobKind::default(), move |c| c.create(parent, &name, &node))
             .map_err(|e| errno(&e))
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, created: Result<(u64, Inode), Errno>) {
+        match created {
+            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Err(e) => reply.error(e),
+        }
     }
 }
 
@@ -314,17 +337,15 @@ impl Filesystem for CsvFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let node = NewNode {
-            mode: mode & !(umask & 0o777),
-            uid: 0,
-            gid: 0,
-            rdev: u64::from(rdev),
-            symlink: None,
-        };
-        match self.create_node(req, parent, name, node) {
-            Ok((ino, inode)) => self.entry(reply, ino, &inode),
-            Err(e) => reply.error(e),
-        }
+        let created = self.create_node(
+            req,
+            parent,
+            name,
+            mode & !(umask & 0o777),
+            u64::from(rdev),
+            None,
+        );
+        self.reply_entry(reply, created);
     }
 
     fn mkdir(
@@ -337,17 +358,8 @@ impl Filesystem for CsvFs {
         reply: ReplyEntry,
     ) {
         let mode = libc::S_IFDIR | (mode & 0o7777 & !umask);
-        let node = NewNode {
-            mode,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: None,
-        };
-        match self.create_node(req, parent, name, node) {
-            Ok((ino, inode)) => self.entry(reply, ino, &inode),
-            Err(e) => reply.error(e),
-        }
+        let created = self.create_node(req, parent, name, mode, 0, None);
+        self.reply_entry(reply, created);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -392,17 +404,16 @@ impl Filesystem for CsvFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let node = NewNode {
-            mode: libc::S_IFLNK | 0o777,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: Some(target.as_os_str().as_bytes().to_vec()),
-        };
-        match self.create_node(req, parent, link_name, node) {
-            Ok((ino, inode)) => self.entry(reply, ino, &inode),
-            Err(e) => reply.error(e),
-        }
+        let target = target.as_os_str().as_bytes().to_vec();
+        let created = self.create_node(
+            req,
+            parent,
+            link_name,
+            libc::S_IFLNK | 0o777,
+            0,
+            Some(target),
+        );
+        self.reply_entry(reply, created);
     }
 
     fn rename(
@@ -675,36 +686,27 @@ impl Filesystem for CsvFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self
+        let value = self
             .vol
             .snapshot()
-            .and_then(|s| s.xattr(ino.0, name.as_bytes()))
-        {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(&e)),
-        }
+            .and_then(|s| s.xattr(ino.0, name.as_bytes()));
+        reply_xattr(reply, size, value);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.vol.snapshot().and_then(|s| s.xattr_names(ino.0)) {
-            Ok(names) => {
+        let list = self
+            .vol
+            .snapshot()
+            .and_then(|s| s.xattr_names(ino.0))
+            .map(|names| {
                 let mut list = Vec::new();
                 for n in names {
                     list.extend_from_slice(&n);
                     list.push(0);
                 }
-                if size == 0 {
-                    reply.size(list.len() as u32)
-                } else if list.len() > size as usize {
-                    reply.error(Errno::ERANGE)
-                } else {
-                    reply.data(&list)
-                }
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+                list
+            });
+        reply_xattr(reply, size, list);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -734,14 +736,7 @@ impl Filesystem for CsvFs {
         } else {
             mode
         };
-        let node = NewNode {
-            mode,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: None,
-        };
-        match self.create_node(req, parent, name, node) {
+        match self.create_node(req, parent, name, mode, 0, None) {
             Ok((ino, inode)) => {
                 self.inodes.looked_up(ino);
                 self.inodes.opened(ino);

@@ -191,11 +191,7 @@ pub fn release_pending(txn: &WriteTransaction) -> MetaResult<u64> {
 mod tests {
     use super::*;
 
-    fn db() -> (tempfile::TempDir, redb::Database) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("x.redb")).unwrap();
-        (dir, db)
-    }
+    use crate::test_support::temp_db as db;
 
     #[test]
     fn allocates_near_the_goal_then_by_size_and_merges_frees() {

@@ -401,7 +401,9 @@ impl Worker {
         } else {
             Durability::None
         })?;
-        txn.set_quick_repair(true);
+        if durable {
+            txn.set_quick_repair(true);
+        }
         match f(&txn) {
             Ok(()) => Ok(txn.commit()?),
             Err(e) => {
@@ -413,32 +415,15 @@ impl Worker {
 
     fn commit(&self, jobs: &mut [Box<dyn Job>], durable: bool) -> MetaResult<()> {
         let durable = durable || self.store.needs_durable_commits();
-        let db = self.store.db();
-        let mut txn = db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        if durable {
-            txn.set_quick_repair(true);
-        }
-        let outcome = (|| {
+        self.commit_with(durable, |txn| {
             for j in jobs.iter_mut() {
-                j.run(&txn)?;
+                j.run(txn)?;
             }
             if durable {
                 // Freed extents become reusable only once their freeing is durable.
-                release_pending(&txn)?;
+                release_pending(txn)?;
             }
             Ok(())
-        })();
-        match outcome {
-            Ok(()) => txn.commit().map_err(MetaError::from),
-            Err(e) => {
-                let _ = txn.abort();
-                Err(e)
-            }
-        }
+        })
     }
 }

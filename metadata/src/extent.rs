@@ -247,11 +247,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn db() -> (tempfile::TempDir, redb::Database) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("x.redb")).unwrap();
-        (dir, db)
-    }
+    use crate::test_support::temp_db as db;
 
     /// A block-by-block model: logical block → (physical block, unwritten).
     fn model_of(exts: &[Extent]) -> BTreeMap<u64, (u64, bool)> {

@@ -30,3 +30,13 @@ pub use namespace::{AttrChange, Ctx, NewNode, Unlinked};
 pub use query::{DirEntry, Snapshot};
 pub use superblock::Superblock;
 pub use volume::{FormatOptions, OpenOptions, Usage, Volume};
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A throwaway redb database on a temporary file.
+    pub fn temp_db() -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("x.redb")).expect("create redb");
+        (dir, db)
+    }
+}
