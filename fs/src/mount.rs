@@ -48,31 +48,14 @@ fn unescape_mount_path(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Takes the host-wide lock that stops two single-node mounts of one LUN on this host.
-fn lock_lun(dev: &blockdev::FileDevice) -> Result<()> {
-    use blockdev::BlockDevice;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; the lock lives as long as the device.
-    let rc = unsafe { libc::flock(dev.file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!(
-            "{} is in use by another csvfs mount on this host; unmount it first",
-            dev.name()
-        );
-    }
-    Ok(())
-}
-
 /// Opens and checks everything, mounts, and returns the session ready to run.
 fn prepare(req: &MountRequest) -> Result<(fuser::Session<CsvFs>, Arc<Volume>, PathBuf)> {
-    let path = Path::new(&req.lun);
-    if !path.exists() {
-        bail!("LUN {} does not exist", req.lun);
-    }
-    let dev = blockdev::FileDevice::open(path, req.options.read_only)
+    let dev = blockdev::open_lun_exclusive(&req.lun, req.options.read_only)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    lock_lun(&dev)?;
-    let dev: Arc<dyn blockdev::BlockDevice> = Arc::new(dev);
+    // The mount's source name: the image or device path, or the URL without credentials.
+    let source = std::fs::canonicalize(&req.lun)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| dev.name().to_string());
     let opts = OpenOptions {
         read_only: req.options.read_only,
         ..OpenOptions::default()
@@ -101,9 +84,8 @@ fn prepare(req: &MountRequest) -> Result<(fuser::Session<CsvFs>, Arc<Volume>, Pa
         );
     }
     let canon = std::fs::canonicalize(&mountpoint)?;
-    let source = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut config = fuser::Config::default();
-    config.mount_options = req.options.fuse_options(&source.display().to_string());
+    config.mount_options = req.options.fuse_options(&source);
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(req.options.threads);
     config.clone_fd = true;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use redb::{Database, ReadableTable, WriteTransaction};
 
-use crate::error::MetaResult;
+use crate::error::{MetaError, MetaResult};
 use crate::region_backend::RegionBackend;
 use crate::tables::RESERVE;
 
@@ -40,7 +40,16 @@ impl Store {
     fn open_db(backend: &RegionBackend, cache_bytes: usize) -> MetaResult<Database> {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(cache_bytes);
-        Ok(builder.create_with_backend(backend.clone())?)
+        // A damaged store can make redb panic while it opens; that is an error here.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            builder.create_with_backend(backend.clone())
+        }))
+        .map_err(|_| {
+            MetaError::Corrupt(
+                "the metadata store is damaged beyond what redb can open; run fsck.csvfs".into(),
+            )
+        })?
+        .map_err(Into::into)
     }
 
     /// The database, for a read or a write transaction.

@@ -1,7 +1,13 @@
 //! Fixtures of the integration tests: the binaries under test, scratch LUNs, mounts
-//! that unmount themselves, and the check that the machine can run real mounts.
+//! that unmount themselves, and the check that the machine can run real mounts; an
+//! iSCSI target ([`tgtd`]) and a proxy that cuts TCP connections ([`tcp_cut`]).
 //!
-//! Tests that need root or FUSE do not skip: without them they fail, saying why.
+//! Tests that need root, FUSE or tgtd do not skip: without them they fail, saying why.
+
+pub mod tcp_cut;
+pub mod tgtd;
+
+pub use tgtd::require_tgtd;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -142,9 +148,13 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap_or("")))
 }
 
-/// Waits until no csvfs daemon holds the LUN (its flock is free).
+/// Waits until no csvfs daemon holds the LUN (its host lock is free).
 pub fn wait_lun_free(lun: &Path, timeout: Duration) {
-    let f = std::fs::File::open(lun).expect("open LUN");
+    let lock = blockdev::host_lock_path(lun.to_str().expect("utf-8")).expect("LUN name");
+    let Ok(f) = std::fs::File::open(&lock) else {
+        // An iSCSI LUN's lock file exists only once something has locked it.
+        return;
+    };
     let start = Instant::now();
     loop {
         // SAFETY: flock on a descriptor we own.
@@ -381,4 +391,41 @@ pub fn run_pjdfstest(dir: &Path) -> (String, String) {
         .unwrap_or("no summary")
         .to_string();
     (summary, text)
+}
+
+/// Runs pjdfstest in a fresh world-writable directory of the mount and asserts 0 failed.
+pub fn assert_pjdfstest_passes(m: &Mount) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = m.path("pjd");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (summary, text) = run_pjdfstest(&dir);
+    println!("pjdfstest: {summary}");
+    assert!(
+        summary.starts_with("Summary: 0 failed"),
+        "pjdfstest failed:\n{text}"
+    );
+}
+
+/// Runs fsx with seeds 1, 2 and 3 at once on the mount, `ops` operations each, and
+/// asserts that all three end A-OK.
+pub fn assert_fsx_three_seeds(m: &Mount, ops: u64) {
+    let start = Instant::now();
+    let runs: Vec<_> = (1..=3u64)
+        .map(|seed| {
+            let file = m.path(&format!("fsx.{seed}"));
+            std::thread::spawn(move || (seed, run_fsx(&file, seed, ops)))
+        })
+        .collect();
+    for r in runs {
+        let (seed, (ok, text)) = r.join().unwrap();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        assert!(
+            ok,
+            "fsx seed {seed} failed:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        println!("fsx seed {seed}: {ops} operations A-OK");
+    }
+    println!("fsx: 3 seeds x {ops} operations in {:?}", start.elapsed());
 }

@@ -3,21 +3,16 @@
 //! Exit codes follow fsck(8): 0 clean, 1 errors corrected, 4 errors left uncorrected,
 //! 8 operational error.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use anyhow::Result;
-use blockdev::FileDevice;
+use blockdev::open_lun_exclusive;
 use clap::Parser;
-
-use crate::lun_lock::refuse_if_mounted;
 
 /// Check a csvfs volume (it must not be mounted).
 #[derive(Parser, Debug)]
 #[command(name = "fsck.csvfs", version)]
 pub struct FsckArgs {
-    /// The LUN: an image file or a block device.
-    pub lun: PathBuf,
+    /// The LUN: an image file, a block device, or an iscsi:// URL.
+    pub lun: String,
     /// Repair what is safe to repair (also -y, -p, -a as fsck(8) passes them).
     #[arg(short = 'r', long, visible_short_aliases = ['y', 'p', 'a'])]
     pub repair: bool,
@@ -28,22 +23,18 @@ pub struct FsckArgs {
 
 /// Runs fsck; returns the exit code.
 pub fn run(args: FsckArgs) -> Result<i32> {
-    if !args.lun.exists() {
-        anyhow::bail!("LUN {} does not exist", args.lun.display());
-    }
-    let dev = FileDevice::open(&args.lun, !args.repair)?;
-    refuse_if_mounted(&dev)?;
-    let report =
-        metadata::fsck::check(Arc::new(dev), args.repair).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dev = open_lun_exclusive(&args.lun, !args.repair)?;
+    let name = dev.name().to_string();
+    let report = metadata::fsck::check(dev, args.repair).map_err(|e| anyhow::anyhow!("{e}"))?;
     for p in &report.problems {
-        println!("{}: {p}", args.lun.display());
+        println!("{}: {p}", name);
     }
     for r in &report.repaired {
-        println!("{}: repaired: {r}", args.lun.display());
+        println!("{}: repaired: {r}", name);
     }
     println!(
         "{}: {} inodes, {} extents, {} orphans; {}",
-        args.lun.display(),
+        name,
         report.inodes,
         report.extents,
         report.orphans,

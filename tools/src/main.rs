@@ -2,7 +2,6 @@
 //! when started under those names (the install script makes the links).
 
 mod fsck;
-mod lun_lock;
 mod mkfs;
 mod size;
 

@@ -1,22 +1,21 @@
 //! mkfs.csvfs: format a LUN as a csvfs volume.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use anyhow::{Result, bail};
-use blockdev::FileDevice;
+use blockdev::{FileDevice, LunUrl, open_lun_exclusive};
 use clap::Parser;
 use metadata::{FormatOptions, Volume};
 
-use crate::lun_lock::refuse_if_mounted;
 use crate::size::parse_size;
 
-/// Format a LUN (an image file or a block device) as a csvfs volume.
+/// Format a LUN (an image file, a block device or an iscsi:// URL) as a csvfs volume.
 #[derive(Parser, Debug)]
 #[command(name = "mkfs.csvfs", version)]
 pub struct MkfsArgs {
-    /// The LUN: an image file (created if --size is given) or a block device.
-    pub lun: PathBuf,
+    /// The LUN: an image file (created if --size is given), a block device, or
+    /// iscsi://[USER%SECRET@]HOST[:PORT]/TARGET-IQN/LUN.
+    pub lun: String,
     /// The volume's label; it is mounted at /ClusterStorage/<label>.
     #[arg(short = 'L', long, default_value = "Volume1")]
     pub label: String,
@@ -38,26 +37,26 @@ pub struct MkfsArgs {
 pub fn run(args: MkfsArgs) -> Result<()> {
     let size = args.size.as_deref().map(parse_size).transpose()?;
     let metadata_bytes = args.metadata_size.as_deref().map(parse_size).transpose()?;
-    let lun: &Path = &args.lun;
-    match size {
-        Some(s) => {
-            if lun.exists() && !lun.is_file() {
-                bail!(
-                    "--size only applies to image files; {} is not one",
-                    lun.display()
-                );
+    let lun = args.lun.as_str();
+    let path = match LunUrl::parse(lun)? {
+        LunUrl::Path(p) => Some(p),
+        LunUrl::Iscsi(_) => None,
+    };
+    match (size, &path) {
+        (Some(_), None) => bail!("--size only applies to image files; {lun} is an iSCSI LUN"),
+        (Some(s), Some(p)) => {
+            if p.exists() && !p.is_file() {
+                bail!("--size only applies to image files; {lun} is not one");
             }
-            FileDevice::create_image(lun, s)?;
+            FileDevice::create_image(p, s)?;
         }
-        None if !lun.exists() => bail!(
-            "LUN {} does not exist (give --size to create an image file)",
-            lun.display()
-        ),
-        None => {}
+        (None, Some(p)) if !Path::new(p).exists() => {
+            bail!("LUN {lun} does not exist (give --size to create an image file)")
+        }
+        (None, _) => {}
     }
-    let dev = FileDevice::open(lun, false)?;
-    refuse_if_mounted(&dev)?;
-    let dev = Arc::new(dev);
+    let dev = open_lun_exclusive(lun, false)?;
+    let name = dev.name().to_string();
     let sb = Volume::format(
         dev,
         &FormatOptions {
@@ -71,12 +70,12 @@ pub fn run(args: MkfsArgs) -> Result<()> {
         let mib = |blocks: u64| blocks * 4096 / (1 << 20);
         println!(
             "formatted {} as csvfs volume {:?} ({}): {} MiB data, {} MiB metadata; mount it with: csvfs mount {}",
-            lun.display(),
+            name,
             sb.label,
             sb.uuid_string(),
             mib(sb.data.blocks),
             mib(sb.metadata.blocks),
-            lun.display()
+            name
         );
     }
     Ok(())

@@ -43,6 +43,61 @@ pub enum BlockError {
     /// The LUN's address could not be understood.
     #[error("cannot use LUN {0:?}: {1}")]
     BadLun(String, String),
+    /// Another csvfs process on this host holds the LUN (a mount, mkfs or fsck).
+    #[error(
+        "{lun} is in use by another csvfs process on this host (a mount, mkfs or fsck); unmount it or let it finish first"
+    )]
+    InUse {
+        /// The LUN's name.
+        lun: String,
+    },
+    /// RESERVATION CONFLICT: this node is not allowed to do this on the LUN; for a
+    /// write, it has been fenced.
+    #[error(
+        "{op} on {lun} refused with RESERVATION CONFLICT: this node is fenced or not registered"
+    )]
+    Fenced {
+        /// What was refused: "write", "read", "reserve", ...
+        op: &'static str,
+        /// The LUN's name.
+        lun: String,
+    },
+    /// The path to the target was re-established (or the target reported a reset or a
+    /// reservation change) after this node registered a key: the registration may be
+    /// gone, so writes wait for a new registration.
+    #[error("write to {lun} held back: {reason}; register a new key before writing")]
+    PossiblyFenced {
+        /// The LUN's name.
+        lun: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The backend does not do this.
+    #[error("{lun} does not support {what}")]
+    Unsupported {
+        /// The LUN's name.
+        lun: String,
+        /// What was asked for.
+        what: &'static str,
+    },
+    /// The target refused a request as invalid (ILLEGAL REQUEST and the like).
+    #[error("{op} on {lun} refused by the target: {detail}")]
+    Refused {
+        /// What was refused.
+        op: &'static str,
+        /// The LUN's name.
+        lun: String,
+        /// The target's reason (decoded sense data).
+        detail: String,
+    },
+    /// The target answered with something that breaks the protocol.
+    #[error("{lun}: protocol error from the target: {detail}")]
+    Protocol {
+        /// The LUN's name.
+        lun: String,
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 impl BlockError {
@@ -52,6 +107,10 @@ impl BlockError {
             BlockError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             BlockError::Unaligned { .. } | BlockError::OutOfRange { .. } => libc::EINVAL,
             BlockError::BadLun(..) => libc::ENODEV,
+            BlockError::Fenced { .. } | BlockError::PossiblyFenced { .. } => libc::EIO,
+            BlockError::InUse { .. } => libc::EBUSY,
+            BlockError::Unsupported { .. } => libc::EOPNOTSUPP,
+            BlockError::Refused { .. } | BlockError::Protocol { .. } => libc::EIO,
         }
     }
 }

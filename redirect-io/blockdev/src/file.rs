@@ -5,13 +5,19 @@
 //! reads another node's writes from a stale host page cache; falls back to buffered I/O
 //! (tmpfs, for one) where it does not. `flush` is `fdatasync`, which on a block device
 //! is a cache flush of the device.
+//!
+//! A regular file opened for writing also emulates persistent reservations in a side
+//! file (see `file_reservations`): every write checks them, and a fenced nexus's writes
+//! fail with [`BlockError::Fenced`]. Read-only opens and block devices do not: their
+//! reservation commands answer [`BlockError::Unsupported`].
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::{AlignedBuf, BlockDevice, BlockError};
+use crate::file_reservations::{FileReservations, check_initiator_name, default_initiator_name};
+use crate::{AlignedBuf, BlockDevice, BlockError, Nexus, PrHolder, PrKeys, PrOut};
 
 /// A LUN reached through a path in the host's file system.
 #[derive(Debug)]
@@ -21,6 +27,9 @@ pub struct FileDevice {
     capacity: u64,
     block_size: u32,
     direct: bool,
+    is_block: bool,
+    /// The reservation emulation: regular files opened for writing only.
+    reservations: Option<FileReservations>,
 }
 
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t); BLKSSZGET = _IO(0x12, 104).
@@ -28,9 +37,23 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 
 impl FileDevice {
-    /// Opens `path` for reading and, unless `read_only`, writing.
+    /// Opens `path` for reading and, unless `read_only`, writing. In the reservation
+    /// emulation the device is a session of the initiator `file:<hostname>:<pid>`.
     pub fn open(path: &Path, read_only: bool) -> Result<FileDevice, BlockError> {
+        FileDevice::open_as(path, read_only, &default_initiator_name())
+    }
+
+    /// Opens `path` like [`FileDevice::open`], as a new session (a nexus of its own,
+    /// with a random session id) of the initiator `initiator_name` in the reservation
+    /// emulation of a writable image file; the name is 1 to
+    /// [`crate::PrState::MAX_INITIATOR_NAME`] bytes.
+    pub fn open_as(
+        path: &Path,
+        read_only: bool,
+        initiator_name: &str,
+    ) -> Result<FileDevice, BlockError> {
         let name = path.display().to_string();
+        check_initiator_name(&name, initiator_name)?;
         let io_err = |source| BlockError::Io {
             op: "open",
             lun: name.clone(),
@@ -69,12 +92,19 @@ impl FileDevice {
         } else {
             (meta.len(), 512)
         };
+        let reservations = if is_block || read_only {
+            None
+        } else {
+            Some(FileReservations::open(path, &name, initiator_name)?)
+        };
         Ok(FileDevice {
             file,
             name,
             capacity,
             block_size,
             direct,
+            is_block,
+            reservations,
         })
     }
 
@@ -122,6 +152,39 @@ impl FileDevice {
         &self.file
     }
 
+    /// This device's I_T nexus in the reservation emulation (`None` where there is
+    /// none: read-only opens and block devices).
+    pub fn nexus(&self) -> Option<&Nexus> {
+        self.reservations.as_ref().map(FileReservations::nexus)
+    }
+
+    fn reservations(&self) -> Result<&FileReservations, BlockError> {
+        self.reservations
+            .as_ref()
+            .ok_or_else(|| BlockError::Unsupported {
+                lun: self.name.clone(),
+                what: if self.is_block {
+                    "persistent reservations on a block device"
+                } else {
+                    "persistent reservations on a read-only open"
+                },
+            })
+    }
+
+    fn write_unchecked(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        if self.direct && !AlignedBuf::is_aligned(buf) {
+            let mut bounce = AlignedBuf::zeroed(buf.len());
+            bounce.copy_from_slice(buf);
+            return self
+                .file
+                .write_all_at(&bounce, offset)
+                .map_err(|e| self.io_error("write", offset, e));
+        }
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io_error("write", offset, e))
+    }
+
     fn io_error(&self, op: &'static str, offset: u64, source: std::io::Error) -> BlockError {
         BlockError::Io {
             op,
@@ -158,17 +221,10 @@ impl BlockDevice for FileDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.check_range(offset, buf.len())?;
-        if self.direct && !AlignedBuf::is_aligned(buf) {
-            let mut bounce = AlignedBuf::zeroed(buf.len());
-            bounce.copy_from_slice(buf);
-            return self
-                .file
-                .write_all_at(&bounce, offset)
-                .map_err(|e| self.io_error("write", offset, e));
+        match &self.reservations {
+            Some(r) => r.write_if_allowed(&self.name, || self.write_unchecked(buf, offset)),
+            None => self.write_unchecked(buf, offset),
         }
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| self.io_error("write", offset, e))
     }
 
     fn flush(&self) -> Result<(), BlockError> {
@@ -179,6 +235,18 @@ impl BlockDevice for FileDevice {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn persistent_reserve_out(&self, action: &PrOut) -> Result<(), BlockError> {
+        self.reservations()?.reserve_out(&self.name, action)
+    }
+
+    fn read_keys(&self) -> Result<PrKeys, BlockError> {
+        self.reservations()?.read_keys(&self.name)
+    }
+
+    fn read_reservation(&self) -> Result<Option<PrHolder>, BlockError> {
+        self.reservations()?.read_reservation(&self.name)
     }
 }
 

@@ -9,15 +9,21 @@ mod aligned;
 mod crash_sim;
 mod error;
 mod file;
+mod file_reservations;
+pub mod iscsi;
 mod lun;
 mod overlay;
+mod pr_state;
+mod reservation;
 
 pub use aligned::AlignedBuf;
 pub use crash_sim::CrashSimDevice;
 pub use error::BlockError;
 pub use file::FileDevice;
-pub use lun::{LunUrl, open_lun};
+pub use lun::{LunUrl, host_lock_path, open_lun, open_lun_exclusive};
 pub use overlay::OverlayDevice;
+pub use pr_state::{Nexus, PrState, PrStateError};
+pub use reservation::{PrHolder, PrKey, PrKeys, PrOut, PrRefusal, ReservationType};
 
 /// The unit every csvfs structure is aligned to. Devices with 512-byte logical blocks
 /// are fine: 4096 is a multiple of every logical block size Linux supports.
@@ -42,6 +48,40 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> Result<(), BlockError>;
     /// A short name of the LUN for messages (a path or a URL).
     fn name(&self) -> &str;
+
+    /// Sends a PERSISTENT RESERVE OUT action. A refusal by the target is
+    /// [`BlockError::Fenced`] (RESERVATION CONFLICT) or [`BlockError::Refused`].
+    fn persistent_reserve_out(&self, action: &PrOut) -> Result<(), BlockError> {
+        let _ = action;
+        Err(BlockError::Unsupported {
+            lun: self.name().to_string(),
+            what: "persistent reservations",
+        })
+    }
+
+    /// PERSISTENT RESERVE IN, READ KEYS: every registered key.
+    fn read_keys(&self) -> Result<PrKeys, BlockError> {
+        Err(BlockError::Unsupported {
+            lun: self.name().to_string(),
+            what: "persistent reservations",
+        })
+    }
+
+    /// PERSISTENT RESERVE IN, READ RESERVATION: the holder, if any.
+    fn read_reservation(&self) -> Result<Option<PrHolder>, BlockError> {
+        Err(BlockError::Unsupported {
+            lun: self.name().to_string(),
+            what: "persistent reservations",
+        })
+    }
+
+    /// Counts the events after which this node may have lost its registration without
+    /// being told: a reconnect to the target, a UNIT ATTENTION for a reset or for a
+    /// change of reservations. Whoever holds a key compares it before and after its
+    /// work; a change means "possibly fenced". Backends without such events return 0.
+    fn path_generation(&self) -> u64 {
+        0
+    }
 
     /// Checks the alignment and range rules every backend enforces.
     fn check_range(&self, offset: u64, len: usize) -> Result<(), BlockError> {

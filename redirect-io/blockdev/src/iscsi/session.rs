@@ -1,0 +1,918 @@
+//! One iSCSI session with one connection, shared by many threads: each caller sends its
+//! own command and waits for it; one connection thread reads every PDU the target
+//! sends and hands it to the task it belongs to, and reconnects (with back-off) when
+//! the connection fails.
+//!
+//! Ordering: a command's CmdSN is taken while the caller holds the writer, so commands
+//! reach the target in CmdSN order. The command window (ExpCmdSN..MaxCmdSN) is
+//! respected: callers wait while it is closed.
+//!
+//! Data-In goes straight from the socket into the caller's buffer. The caller's thread
+//! is blocked in [`Session::execute`] for as long as its task is in the task table, and
+//! it takes the task out (waiting for a read in progress to finish) before it returns,
+//! so the connection thread never touches a buffer whose borrow has ended.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::login::{self, LoggedIn, LoginError};
+use super::pdu::{self, Bhs, DataOut, RESERVED_TAG, ScsiCommand, ScsiResponse, op, sn_lt};
+use super::sense::Sense;
+use super::text::Params;
+use super::url::IscsiUrl;
+use super::wire;
+
+/// How a command moves data.
+pub enum Transfer<'a> {
+    /// No data.
+    None,
+    /// Data from the target into this buffer.
+    Read(&'a mut [u8]),
+    /// Data from this buffer to the target.
+    Write(&'a [u8]),
+}
+
+/// How a command ended at the target.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The SCSI status.
+    pub status: u8,
+    /// Sense data (with CHECK CONDITION).
+    pub sense: Vec<u8>,
+    /// Bytes of Data-In received (the highest offset filled).
+    pub data_in: usize,
+    /// The residual count the target reported, if any.
+    pub residual: Option<u32>,
+    /// The session's generation when the answer came.
+    pub generation: u64,
+}
+
+impl Completion {
+    /// The decoded sense data, if any.
+    pub fn sense(&self) -> Option<Sense> {
+        Sense::decode(&self.sense).ok()
+    }
+}
+
+/// Why a command did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    /// The connection failed while the command was out: it may or may not have run.
+    #[error("connection to the target lost: {0}")]
+    ConnectionLost(String),
+    /// No connection came up, or the command got no answer, in time (it was aborted).
+    #[error("{0}")]
+    TimedOut(String),
+    /// The target broke the protocol or rejected the command.
+    #[error("{0}")]
+    Protocol(String),
+    /// The session is closed.
+    #[error("the iSCSI session is closed")]
+    Closed,
+}
+
+/// Where the connection thread writes a task's Data-In: the caller's buffer.
+struct ReadTarget {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the pointer is only dereferenced by the connection thread while the task is
+// in the task table, and the caller that owns the buffer stays blocked in `execute`
+// until it has removed the task and no read into it is in progress (`reader_busy`).
+unsafe impl Send for ReadTarget {}
+
+struct Task {
+    cond: Arc<Condvar>,
+    conn_id: u64,
+    cmd_sn: u32,
+    read: Option<ReadTarget>,
+    write_len: usize,
+    reader_busy: bool,
+    data_in: usize,
+    r2ts: VecDeque<(u32, u32, u32)>,
+    done: Option<Result<Completion, CommandError>>,
+}
+
+#[derive(Clone)]
+struct Conn {
+    id: u64,
+    stream: Arc<TcpStream>,
+    params: Params,
+}
+
+struct State {
+    conn: Option<Conn>,
+    next_conn_id: u64,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    max_cmd_sn: u32,
+    next_itt: u32,
+    tasks: HashMap<u32, Task>,
+    generation: u64,
+    fresh_conn: bool,
+    last_error: Option<String>,
+    closing: bool,
+}
+
+struct Shared {
+    url: IscsiUrl,
+    isid: [u8; 6],
+    lun: [u8; 8],
+    state: Mutex<State>,
+    /// Serialises writes to the socket (a PDU is written whole).
+    writer: Mutex<()>,
+    /// Signalled when the connection comes up or goes down, or the window opens.
+    changed: Condvar,
+    closing: AtomicBool,
+}
+
+/// An iSCSI session to one LUN.
+pub struct Session {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({})", self.shared.url.display_name())
+    }
+}
+
+impl Session {
+    /// Connects and logs in; fails at once if the first login fails.
+    pub fn open(url: IscsiUrl) -> Result<Session, LoginError> {
+        let isid = new_isid();
+        let (stream, li) = connect_and_login(&url, isid)?;
+        let lun = pdu::lun_field(url.lun);
+        let shared = Arc::new(Shared {
+            url,
+            isid,
+            lun,
+            state: Mutex::new(State {
+                conn: None,
+                next_conn_id: 1,
+                cmd_sn: li.cmd_sn,
+                exp_stat_sn: li.exp_stat_sn,
+                max_cmd_sn: li.max_cmd_sn,
+                next_itt: 1,
+                tasks: HashMap::new(),
+                generation: 0,
+                fresh_conn: true,
+                last_error: None,
+                closing: false,
+            }),
+            writer: Mutex::new(()),
+            changed: Condvar::new(),
+            closing: AtomicBool::new(false),
+        });
+        let conn = shared.install(stream, li);
+        let s2 = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("iscsi-conn".into())
+            .spawn(move || s2.run(conn))
+            .expect("spawn the iSCSI connection thread");
+        Ok(Session {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The number of reconnects so far plus the UNIT ATTENTIONs that may have taken a
+    /// registration away.
+    pub fn generation(&self) -> u64 {
+        self.shared.state.lock().generation
+    }
+
+    /// The initiator session id.
+    pub fn isid(&self) -> [u8; 6] {
+        self.shared.isid
+    }
+
+    /// The URL this session logs in to.
+    pub fn url(&self) -> &IscsiUrl {
+        &self.shared.url
+    }
+
+    /// Notes a UNIT ATTENTION a command came back with. Returns true when it counts as
+    /// a possible loss of registration (the first one of a new connection does not:
+    /// the reconnect already counted).
+    pub fn note_unit_attention(&self, sense: &Sense) -> bool {
+        let mut st = self.shared.state.lock();
+        let fresh = std::mem::replace(&mut st.fresh_conn, false);
+        if sense.may_have_lost_registration() && !(fresh && sense.asc == 0x29) {
+            st.generation += 1;
+            tracing::warn!(lun = %self.shared.url.display_name(), %sense, "unit attention: registration possibly lost");
+            return true;
+        }
+        false
+    }
+
+    /// Sends one command and waits for it, up to the URL's timeout (a command that
+    /// times out is aborted).
+    pub fn execute(
+        &self,
+        cdb: [u8; 16],
+        mut transfer: Transfer<'_>,
+    ) -> Result<Completion, CommandError> {
+        let sh = &*self.shared;
+        let deadline = Instant::now() + sh.url.timeout;
+        let (read_len, write_data): (usize, &[u8]) = match &transfer {
+            Transfer::None => (0, &[]),
+            Transfer::Read(b) => (b.len(), &[]),
+            Transfer::Write(b) => (0, b),
+        };
+        let expected = read_len.max(write_data.len());
+        let cond = Arc::new(Condvar::new());
+
+        // Take a CmdSN and send the command, holding the writer so that commands go out
+        // in CmdSN order.
+        let (itt, conn) = loop {
+            {
+                let mut st = sh.state.lock();
+                while !st.ready() {
+                    if st.closing {
+                        return Err(CommandError::Closed);
+                    }
+                    if sh.changed.wait_until(&mut st, deadline).timed_out() {
+                        return Err(CommandError::TimedOut(format!(
+                            "no usable connection to {} within {:?}{}",
+                            sh.url.display_name(),
+                            sh.url.timeout,
+                            st.last_error
+                                .as_ref()
+                                .map(|e| format!(" (last error: {e})"))
+                                .unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            let w = sh.writer.lock();
+            let mut st = sh.state.lock();
+            if !st.ready() {
+                continue;
+            }
+            let conn = st.conn.clone().expect("ready means connected");
+            let itt = st.take_itt();
+            let cmd_sn = st.cmd_sn;
+            st.cmd_sn = st.cmd_sn.wrapping_add(1);
+            let read = match &mut transfer {
+                Transfer::Read(b) => Some(ReadTarget {
+                    ptr: b.as_mut_ptr(),
+                    len: b.len(),
+                }),
+                _ => None,
+            };
+            st.tasks.insert(
+                itt,
+                Task {
+                    cond: Arc::clone(&cond),
+                    conn_id: conn.id,
+                    cmd_sn,
+                    read,
+                    write_len: write_data.len(),
+                    reader_busy: false,
+                    data_in: 0,
+                    r2ts: VecDeque::new(),
+                    done: None,
+                },
+            );
+            let p = conn.params;
+            let immediate = if p.immediate_data {
+                write_data
+                    .len()
+                    .min(p.first_burst as usize)
+                    .min(p.target_max_recv as usize)
+            } else {
+                0
+            };
+            let unsolicited = if p.initial_r2t {
+                immediate
+            } else {
+                write_data.len().min(p.first_burst as usize)
+            };
+            let cmd = ScsiCommand {
+                lun: sh.lun,
+                itt,
+                cmd_sn,
+                exp_stat_sn: st.exp_stat_sn,
+                expected_len: expected as u32,
+                read: read_len > 0,
+                write: !write_data.is_empty(),
+                final_: unsolicited == immediate,
+                cdb,
+                immediate_len: immediate as u32,
+            };
+            drop(st);
+            let sent = wire::write_pdu(&mut &*conn.stream, &cmd.bhs(), &write_data[..immediate])
+                .and_then(|()| {
+                    sh.send_data_out(
+                        &conn,
+                        itt,
+                        RESERVED_TAG,
+                        write_data,
+                        immediate,
+                        unsolicited - immediate,
+                    )
+                });
+            drop(w);
+            if let Err(e) = sent {
+                sh.fail_connection(conn.id, format!("sending a command: {e}"));
+            }
+            break (itt, conn);
+        };
+
+        // Wait for the answer, sending the data each R2T asks for.
+        let mut st = sh.state.lock();
+        loop {
+            let task = st
+                .tasks
+                .get_mut(&itt)
+                .expect("only this caller removes its task");
+            if task.done.is_some() {
+                break;
+            }
+            if let Some((ttt, off, len)) = task.r2ts.pop_front() {
+                drop(st);
+                let w = sh.writer.lock();
+                let r = sh.send_data_out(&conn, itt, ttt, write_data, off as usize, len as usize);
+                drop(w);
+                if let Err(e) = r {
+                    sh.fail_connection(conn.id, format!("sending Data-Out: {e}"));
+                }
+                st = sh.state.lock();
+                continue;
+            }
+            if cond.wait_until(&mut st, deadline).timed_out()
+                && st.tasks.get(&itt).is_some_and(|t| t.done.is_none())
+            {
+                drop(st);
+                return Err(self.abort(itt, &conn));
+            }
+        }
+        let task = remove_task(&mut st, itt, &cond);
+        task.done.expect("loop ends when done")
+    }
+
+    /// Gives up on a task that got no answer: ABORT TASK, and if even that goes
+    /// unanswered, drops the connection so that it is re-established.
+    fn abort(&self, itt: u32, conn: &Conn) -> CommandError {
+        let sh = &*self.shared;
+        let cond = Arc::new(Condvar::new());
+        let (tmf_itt, ref_cmd_sn) = {
+            let mut st = sh.state.lock();
+            let ref_cmd_sn = st.tasks.get(&itt).map(|t| t.cmd_sn).unwrap_or(0);
+            let tmf_itt = st.take_itt();
+            let cmd_sn = st.cmd_sn;
+            st.tasks.insert(
+                tmf_itt,
+                Task {
+                    cond: Arc::clone(&cond),
+                    conn_id: conn.id,
+                    cmd_sn,
+                    read: None,
+                    write_len: 0,
+                    reader_busy: false,
+                    data_in: 0,
+                    r2ts: VecDeque::new(),
+                    done: None,
+                },
+            );
+            (tmf_itt, ref_cmd_sn)
+        };
+        let sent = {
+            let _w = sh.writer.lock();
+            let st = sh.state.lock();
+            let bhs = pdu::abort_task(tmf_itt, itt, st.cmd_sn, ref_cmd_sn, st.exp_stat_sn, sh.lun);
+            drop(st);
+            wire::write_pdu(&mut &*conn.stream, &bhs, &[])
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut st = sh.state.lock();
+        let answered = sent.is_ok()
+            && loop {
+                if st.tasks.get(&tmf_itt).is_some_and(|t| t.done.is_some()) {
+                    break true;
+                }
+                if cond.wait_until(&mut st, deadline).timed_out() {
+                    break st.tasks.get(&tmf_itt).is_some_and(|t| t.done.is_some());
+                }
+            };
+        remove_task(&mut st, tmf_itt, &cond);
+        let task_cond = Arc::clone(&st.tasks.get(&itt).expect("task still there").cond);
+        let task = remove_task(&mut st, itt, &task_cond);
+        drop(st);
+        if let Some(done) = task.done {
+            // The answer came while we aborted.
+            return match done {
+                Ok(_) => CommandError::TimedOut(format!(
+                    "command to {} answered only after its {:?} timeout",
+                    sh.url.display_name(),
+                    sh.url.timeout
+                )),
+                Err(e) => e,
+            };
+        }
+        if !answered {
+            sh.fail_connection(conn.id, "the target did not answer ABORT TASK".into());
+        }
+        CommandError::TimedOut(format!(
+            "command to {} got no answer within {:?} and was aborted",
+            sh.url.display_name(),
+            sh.url.timeout
+        ))
+    }
+
+    /// Logs out and stops the connection thread.
+    pub fn close(&mut self) {
+        let sh = &*self.shared;
+        sh.closing.store(true, Ordering::SeqCst);
+        let conn = {
+            let mut st = sh.state.lock();
+            st.closing = true;
+            st.conn.clone()
+        };
+        if let Some(conn) = conn {
+            let _w = sh.writer.lock();
+            let st = sh.state.lock();
+            let bhs = pdu::logout(RESERVED_TAG - 1, st.cmd_sn, st.exp_stat_sn);
+            drop(st);
+            let _ = wire::write_pdu(&mut &*conn.stream, &bhs, &[]);
+            // Give the target a moment to answer before the socket goes.
+            let _ = conn
+                .stream
+                .set_read_timeout(Some(Duration::from_millis(500)));
+        }
+        sh.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl State {
+    fn ready(&self) -> bool {
+        !self.closing && self.conn.is_some() && !sn_lt(self.max_cmd_sn, self.cmd_sn)
+    }
+
+    fn take_itt(&mut self) -> u32 {
+        loop {
+            let itt = self.next_itt;
+            self.next_itt = self.next_itt.wrapping_add(1);
+            if itt < RESERVED_TAG - 1 && !self.tasks.contains_key(&itt) {
+                return itt;
+            }
+        }
+    }
+}
+
+/// Removes a task, first waiting for a Data-In read into its buffer to finish.
+fn remove_task(st: &mut parking_lot::MutexGuard<'_, State>, itt: u32, cond: &Condvar) -> Task {
+    while st.tasks.get(&itt).is_some_and(|t| t.reader_busy) {
+        cond.wait(st);
+    }
+    st.tasks.remove(&itt).expect("task present")
+}
+
+impl Shared {
+    fn install(&self, stream: TcpStream, li: LoggedIn) -> Conn {
+        let mut st = self.state.lock();
+        let id = st.next_conn_id;
+        st.next_conn_id += 1;
+        if id > 1 {
+            st.generation += 1;
+            tracing::warn!(lun = %self.url.display_name(), "reconnected to the target: registration possibly lost");
+        }
+        st.cmd_sn = li.cmd_sn;
+        st.exp_stat_sn = li.exp_stat_sn;
+        st.max_cmd_sn = li.max_cmd_sn;
+        st.fresh_conn = true;
+        st.last_error = None;
+        let conn = Conn {
+            id,
+            stream: Arc::new(stream),
+            params: li.params,
+        };
+        st.conn = Some(conn.clone());
+        drop(st);
+        self.changed.notify_all();
+        conn
+    }
+
+    /// Sends `len` bytes of `data` from `offset` as Data-Out PDUs of the target's size.
+    fn send_data_out(
+        &self,
+        conn: &Conn,
+        itt: u32,
+        ttt: u32,
+        data: &[u8],
+        offset: usize,
+        len: usize,
+    ) -> io::Result<()> {
+        let max = conn.params.target_max_recv as usize;
+        let end = offset + len;
+        let mut at = offset;
+        let mut data_sn = 0;
+        while at < end {
+            let n = max.min(end - at);
+            let exp_stat_sn = self.state.lock().exp_stat_sn;
+            let h = DataOut {
+                lun: self.lun,
+                itt,
+                ttt,
+                exp_stat_sn,
+                data_sn,
+                offset: at as u32,
+                len: n as u32,
+                final_: at + n == end,
+            };
+            wire::write_pdu(&mut &*conn.stream, &h.bhs(), &data[at..at + n])?;
+            at += n;
+            data_sn += 1;
+        }
+        Ok(())
+    }
+
+    /// Marks connection `id` as failed: every task on it ends with `ConnectionLost`.
+    fn fail_connection(&self, id: u64, reason: String) {
+        let mut st = self.state.lock();
+        let Some(conn) = st.conn.clone().filter(|c| c.id == id) else {
+            return;
+        };
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        st.conn = None;
+        if !st.closing {
+            tracing::warn!(lun = %self.url.display_name(), %reason, "iSCSI connection lost");
+        }
+        st.last_error = Some(reason.clone());
+        for t in st.tasks.values_mut().filter(|t| t.conn_id == id) {
+            if t.done.is_none() {
+                t.done = Some(Err(CommandError::ConnectionLost(reason.clone())));
+            }
+            t.cond.notify_all();
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// The connection thread: reads PDUs until the connection fails, then reconnects.
+    fn run(self: Arc<Self>, first: Conn) {
+        let mut conn = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let c = match conn.take() {
+                Some(c) => c,
+                None => {
+                    if self.closing.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match connect_and_login(&self.url, self.isid) {
+                        Ok((stream, li)) => {
+                            backoff = Duration::from_millis(100);
+                            self.install(stream, li)
+                        }
+                        Err(e) => {
+                            self.state.lock().last_error = Some(e.to_string());
+                            self.sleep_unless_closing(backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let reason = match self.read_loop(&c) {
+                Ok(()) => "logged out".to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.fail_connection(c.id, reason);
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    fn sleep_unless_closing(&self, d: Duration) {
+        let mut st = self.state.lock();
+        if !st.closing {
+            let _ = self.changed.wait_for(&mut st, d);
+        }
+    }
+
+    /// Reads and dispatches PDUs. Returns Ok after a logout response.
+    fn read_loop(&self, conn: &Conn) -> io::Result<()> {
+        let mut r = Patient {
+            stream: &conn.stream,
+            limit: self.url.timeout,
+            closing: &self.closing,
+        };
+        let max_data = conn.params.initiator_max_recv;
+        loop {
+            let bhs = match read_header_idle(&mut r, max_data)? {
+                Some(b) => b,
+                None => continue,
+            };
+            self.note_sequence_numbers(&bhs);
+            match bhs.opcode() {
+                op::DATA_IN => self.on_data_in(&mut r, &bhs)?,
+                op::SCSI_RESPONSE => {
+                    let data = wire::read_data(&mut r, &bhs)?;
+                    let resp = ScsiResponse::decode(&bhs).map_err(wire::invalid)?;
+                    let sense = pdu::response_sense(&data).map_err(wire::invalid)?.to_vec();
+                    self.complete(&bhs, resp, sense)?;
+                }
+                op::R2T => {
+                    wire::skip(&mut r, bhs.padded_data_len())?;
+                    self.on_r2t(&bhs, conn)?;
+                }
+                op::NOP_IN => {
+                    wire::skip(&mut r, bhs.padded_data_len())?;
+                    if bhs.ttt() != RESERVED_TAG {
+                        let _w = self.writer.lock();
+                        let st = self.state.lock();
+                        let reply = pdu::nop_out(
+                            RESERVED_TAG,
+                            bhs.ttt(),
+                            st.cmd_sn,
+                            st.exp_stat_sn,
+                            self.lun,
+                        );
+                        drop(st);
+                        wire::write_pdu(&mut &*conn.stream, &reply, &[])?;
+                    }
+                }
+                op::TASK_MGMT_RESPONSE => {
+                    wire::skip(&mut r, bhs.padded_data_len())?;
+                    let mut st = self.state.lock();
+                    if let Some(t) = st.tasks.get_mut(&bhs.itt()) {
+                        t.done = Some(Ok(Completion {
+                            status: bhs.byte2(),
+                            sense: Vec::new(),
+                            data_in: 0,
+                            residual: None,
+                            generation: 0,
+                        }));
+                        t.cond.notify_all();
+                    }
+                }
+                op::LOGOUT_RESPONSE => {
+                    wire::skip(&mut r, bhs.padded_data_len())?;
+                    return Ok(());
+                }
+                op::ASYNC => {
+                    let data = wire::read_data(&mut r, &bhs)?;
+                    match bhs.0[36] {
+                        0 => {
+                            if let Ok(s) = pdu::response_sense(&data)
+                                && let Ok(sense) = Sense::decode(s)
+                                && sense.may_have_lost_registration()
+                            {
+                                self.state.lock().generation += 1;
+                            }
+                        }
+                        1 => return Err(wire::invalid("the target asked to log out")),
+                        2 | 3 => return Err(wire::invalid("the target dropped the connection")),
+                        _ => {}
+                    }
+                }
+                op::REJECT => {
+                    let data = wire::read_data(&mut r, &bhs)?;
+                    let rejected = Bhs::decode_any(&data);
+                    let reason = bhs.byte2();
+                    let mut st = self.state.lock();
+                    match rejected.and_then(|b| st.tasks.get_mut(&b.itt())) {
+                        Some(t) => {
+                            t.done = Some(Err(CommandError::Protocol(format!(
+                                "the target rejected the command (reason {reason:#04x})"
+                            ))));
+                            t.cond.notify_all();
+                        }
+                        None => {
+                            return Err(wire::invalid(format!(
+                                "the target rejected a PDU (reason {reason:#04x})"
+                            )));
+                        }
+                    }
+                }
+                other => {
+                    return Err(wire::invalid(format!(
+                        "unexpected opcode {other:#04x} in the full feature phase"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn note_sequence_numbers(&self, bhs: &Bhs) {
+        let mut st = self.state.lock();
+        if bhs.advances_stat_sn() && !sn_lt(bhs.stat_sn(), st.exp_stat_sn) {
+            st.exp_stat_sn = bhs.stat_sn().wrapping_add(1);
+        }
+        if bhs.carries_cmd_window() {
+            let (exp, max) = (bhs.exp_cmd_sn(), bhs.max_cmd_sn());
+            // A window with MaxCmdSN < ExpCmdSN - 1 is invalid and ignored (RFC 7143).
+            if !sn_lt(max, exp.wrapping_sub(1)) && sn_lt(st.max_cmd_sn, max) {
+                st.max_cmd_sn = max;
+                drop(st);
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    fn on_data_in(&self, r: &mut Patient<'_>, bhs: &Bhs) -> io::Result<()> {
+        let len = bhs.data_len() as usize;
+        let off = bhs.buffer_offset() as usize;
+        let mut st = self.state.lock();
+        let Some(task) = st.tasks.get_mut(&bhs.itt()) else {
+            // An aborted task's data: drop it.
+            drop(st);
+            return wire::skip(r, bhs.padded_data_len());
+        };
+        let Some(target) = &task.read else {
+            return Err(wire::invalid("Data-In for a command that reads nothing"));
+        };
+        if off.checked_add(len).is_none_or(|end| end > target.len) {
+            return Err(wire::invalid(format!(
+                "Data-In at offset {off}, {len} bytes, past the {}-byte buffer",
+                target.len
+            )));
+        }
+        // SAFETY: see ReadTarget: the caller is blocked until it removes the task, and
+        // it waits while reader_busy is set; [off, off+len) is inside its buffer.
+        let dst = unsafe { std::slice::from_raw_parts_mut(target.ptr.add(off), len) };
+        task.reader_busy = true;
+        drop(st);
+        let res = r
+            .read_exact(dst)
+            .and_then(|()| wire::skip(r, bhs.padded_data_len() - len));
+        let mut st = self.state.lock();
+        let task = st.tasks.get_mut(&bhs.itt()).expect("a busy task stays");
+        task.reader_busy = false;
+        task.data_in = task.data_in.max(off + len);
+        task.cond.notify_all();
+        drop(st);
+        res?;
+        if bhs.flags() & 0x01 != 0 {
+            let resp = ScsiResponse::decode(bhs).map_err(wire::invalid)?;
+            self.complete(bhs, resp, Vec::new())?;
+        }
+        Ok(())
+    }
+
+    fn on_r2t(&self, bhs: &Bhs, conn: &Conn) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let Some(task) = st.tasks.get_mut(&bhs.itt()) else {
+            return Ok(());
+        };
+        let (off, len) = (bhs.buffer_offset(), bhs.word44());
+        let end = u64::from(off) + u64::from(len);
+        if len == 0 || end > task.write_len as u64 || len > conn.params.max_burst.max(1 << 24) {
+            return Err(wire::invalid(format!(
+                "R2T for {len} bytes at offset {off} of a {}-byte write",
+                task.write_len
+            )));
+        }
+        task.r2ts.push_back((bhs.ttt(), off, len));
+        task.cond.notify_all();
+        Ok(())
+    }
+
+    fn complete(&self, bhs: &Bhs, resp: ScsiResponse, sense: Vec<u8>) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let generation = st.generation;
+        let Some(task) = st.tasks.get_mut(&bhs.itt()) else {
+            return Ok(());
+        };
+        let result = if resp.response != 0 {
+            Err(CommandError::Protocol(format!(
+                "the target failed the command (iSCSI response {:#04x})",
+                resp.response
+            )))
+        } else {
+            Ok(Completion {
+                status: resp.status,
+                sense,
+                data_in: task.data_in,
+                residual: (resp.overflow || resp.underflow).then_some(resp.residual),
+                generation,
+            })
+        };
+        task.done = Some(result);
+        task.cond.notify_all();
+        Ok(())
+    }
+}
+
+/// The socket, read with patience: a read timeout (the socket wakes every second so
+/// that the thread notices a close) is retried until `limit` has passed in one read.
+struct Patient<'a> {
+    stream: &'a TcpStream,
+    limit: Duration,
+    closing: &'a AtomicBool,
+}
+
+impl Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let start = Instant::now();
+        loop {
+            match (&mut &*self.stream).read(buf) {
+                Err(e) if is_timeout(&e) => {
+                    if self.closing.load(Ordering::SeqCst) {
+                        return Err(io::Error::other("the session is closing"));
+                    }
+                    if start.elapsed() >= self.limit {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the target stalled in the middle of a PDU",
+                        ));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a header, treating a read timeout before its first byte as idleness (`None`).
+fn read_header_idle(r: &mut Patient<'_>, max_data: u32) -> io::Result<Option<Bhs>> {
+    let mut raw = [0u8; pdu::BHS_LEN];
+    let first = loop {
+        match (&mut &*r.stream).read(&mut raw) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => {
+                if r.closing.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("the session is closing"));
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    r.read_exact(&mut raw[first..])?;
+    let bhs = Bhs::decode(&raw, max_data).map_err(wire::invalid)?;
+    wire::skip(r, bhs.ahs_len())?;
+    Ok(Some(bhs))
+}
+
+fn connect_and_login(url: &IscsiUrl, isid: [u8; 6]) -> Result<(TcpStream, LoggedIn), LoginError> {
+    let addrs: Vec<_> = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            LoginError::Io(io::Error::new(
+                e.kind(),
+                format!("cannot resolve {}: {e}", url.host),
+            ))
+        })?
+        .collect();
+    let connect_timeout = url.timeout.min(Duration::from_secs(10));
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, connect_timeout) {
+            Ok(mut s) => {
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(url.timeout))?;
+                s.set_write_timeout(Some(url.timeout))?;
+                let li = login::login(&mut s, url, isid, 1)?;
+                // In the full feature phase the connection thread wakes up every second
+                // to notice a close; a stall inside a PDU is still bounded by the
+                // write timeout and the callers' own deadlines.
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                return Ok((s, li));
+            }
+            Err(e) => last = io::Error::new(e.kind(), format!("cannot connect to {a}: {e}")),
+        }
+    }
+    Err(LoginError::Io(last))
+}
+
+/// A random ISID (type 0x80: random qualifier), one per session and kept across its
+/// reconnects, so that a reconnect reinstates (and so ends) the old session.
+fn new_isid() -> [u8; 6] {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    b[0] = 0x80 | (b[0] & 0x3f);
+    b
+}

@@ -1,0 +1,281 @@
+//! The initiator against a scripted target that logs in properly and then misbehaves:
+//! every misbehaviour ends in an error, never a panic, and never a hang past the
+//! timeout the URL gives.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blockdev::BlockError;
+use blockdev::iscsi::IscsiDevice;
+
+/// The error with its sources, as the CLI prints it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What the scripted target does with the first SCSI command of a connection.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    /// Never answers.
+    Silence,
+    /// Sends Data-In past the end of the command's buffer.
+    DataInPastBuffer,
+    /// Announces a data segment far over the negotiated size.
+    HugeDataSegment,
+    /// Sends 48 random-looking bytes.
+    Garbage,
+    /// Answers CHECK CONDITION with unreadable sense data.
+    BadSense,
+    /// Answers READ CAPACITY with a block size of 3 bytes (and everything else GOOD).
+    BadCapacity,
+    /// Answers with a SCSI Response whose ITT matches nothing, then goes silent.
+    UnknownTask,
+    /// Sends an R2T for more than the command writes (needs a write: answered on
+    /// the first command as if it were one).
+    R2tOnRead,
+    /// Closes the connection in the middle of a header.
+    HalfHeader,
+}
+
+fn header(opcode: u8, flags: u8, itt: u32, data_len: u32) -> [u8; 48] {
+    let mut b = [0u8; 48];
+    b[0] = opcode;
+    b[1] = flags;
+    b[5..8].copy_from_slice(&data_len.to_be_bytes()[1..]);
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[28..32].copy_from_slice(&1u32.to_be_bytes()); // ExpCmdSN
+    b[32..36].copy_from_slice(&64u32.to_be_bytes()); // MaxCmdSN
+    b
+}
+
+fn read_pdu(s: &mut TcpStream) -> std::io::Result<([u8; 48], Vec<u8>)> {
+    let mut h = [0u8; 48];
+    s.read_exact(&mut h)?;
+    let len = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
+    let mut data = vec![0u8; len.div_ceil(4) * 4];
+    s.read_exact(&mut data)?;
+    Ok((h, data))
+}
+
+fn serve(mut s: TcpStream, how: Misbehaviour) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    // Login: answer each request by moving to the stage it asks for.
+    let mut stat_sn = 0u32;
+    loop {
+        let (h, _) = read_pdu(&mut s)?;
+        assert_eq!(h[0] & 0x3f, 0x03, "login request expected");
+        let nsg = h[1] & 3;
+        let mut r = header(0x23, 0x80 | ((h[1] >> 2) & 3) << 2 | nsg, 0, 0);
+        r[8..14].copy_from_slice(&h[8..14]);
+        r[14..16].copy_from_slice(&7u16.to_be_bytes());
+        r[24..28].copy_from_slice(&stat_sn.to_be_bytes());
+        stat_sn += 1;
+        s.write_all(&r)?;
+        if nsg == 3 {
+            break;
+        }
+    }
+    let (h, _) = read_pdu(&mut s)?;
+    let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+    match how {
+        Misbehaviour::Silence => {
+            // Read (and ignore) whatever comes, ABORT TASK included, until closed.
+            while read_pdu(&mut s).is_ok() {}
+        }
+        Misbehaviour::DataInPastBuffer => {
+            let mut d = header(0x25, 0x80, itt, 16);
+            d[40..44].copy_from_slice(&1_000_000u32.to_be_bytes());
+            s.write_all(&d)?;
+            s.write_all(&[0u8; 16])?;
+        }
+        Misbehaviour::HugeDataSegment => {
+            s.write_all(&header(0x21, 0x80, itt, 0x00ff_ffff))?;
+        }
+        Misbehaviour::Garbage => {
+            let g: Vec<u8> = (0..48u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
+            s.write_all(&g)?;
+        }
+        Misbehaviour::BadSense => {
+            let mut r = header(0x21, 0x80, itt, 6);
+            r[3] = 0x02;
+            s.write_all(&r)?;
+            s.write_all(&[0, 4, 0x10, 0, 0, 0, 0, 0])?;
+        }
+        Misbehaviour::BadCapacity => {
+            // GOOD for TEST UNIT READY, INQUIRY and READ CAPACITY, with data where asked.
+            let mut next = (h, itt);
+            loop {
+                let (h, itt) = next;
+                let cdb0 = h[32];
+                let data: Vec<u8> = match cdb0 {
+                    0x12 => {
+                        let mut d = vec![0u8; 36];
+                        d[8..12].copy_from_slice(b"TEST");
+                        d
+                    }
+                    0x9e => {
+                        let mut d = vec![0u8; 32];
+                        d[7] = 0xff;
+                        d[8..12].copy_from_slice(&3u32.to_be_bytes());
+                        d
+                    }
+                    _ => Vec::new(),
+                };
+                if data.is_empty() {
+                    s.write_all(&header(0x21, 0x80, itt, 0))?;
+                } else {
+                    s.write_all(&header(0x25, 0x81, itt, data.len() as u32))?;
+                    s.write_all(&data)?;
+                }
+                let (h2, _) = read_pdu(&mut s)?;
+                next = (h2, u32::from_be_bytes(h2[16..20].try_into().unwrap()));
+            }
+        }
+        Misbehaviour::UnknownTask => {
+            s.write_all(&header(0x21, 0x80, itt ^ 0x5555, 0))?;
+            while read_pdu(&mut s).is_ok() {}
+        }
+        Misbehaviour::R2tOnRead => {
+            let mut r = header(0x31, 0x80, itt, 0);
+            r[44..48].copy_from_slice(&4096u32.to_be_bytes());
+            s.write_all(&r)?;
+            while read_pdu(&mut s).is_ok() {}
+        }
+        Misbehaviour::HalfHeader => {
+            s.write_all(&header(0x21, 0x80, itt, 0)[..20])?;
+        }
+    }
+    Ok(())
+}
+
+/// A scripted target on a free port; it serves every connection the same way.
+struct ScriptedTarget {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl ScriptedTarget {
+    fn start(how: Misbehaviour) -> ScriptedTarget {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let _ = serve(s, how);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ScriptedTarget { port, stop }
+    }
+}
+
+impl Drop for ScriptedTarget {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn every_misbehaviour_is_an_error_within_the_timeout() {
+    let timeout = 2;
+    let scenarios = [
+        Misbehaviour::Silence,
+        Misbehaviour::DataInPastBuffer,
+        Misbehaviour::HugeDataSegment,
+        Misbehaviour::Garbage,
+        Misbehaviour::BadSense,
+        Misbehaviour::BadCapacity,
+        Misbehaviour::UnknownTask,
+        Misbehaviour::R2tOnRead,
+        Misbehaviour::HalfHeader,
+    ];
+    let handles: Vec<_> = scenarios
+        .into_iter()
+        .map(|how| {
+            std::thread::spawn(move || {
+                let t = ScriptedTarget::start(how);
+                let url = format!(
+                    "iscsi://127.0.0.1:{}/iqn.2026-11.io.csvfs:hostile/1?timeout={timeout}",
+                    t.port
+                );
+                let start = Instant::now();
+                let r = IscsiDevice::open(&url);
+                let took = start.elapsed();
+                let err = r.expect_err("a misbehaving target must not give a working device");
+                // The open runs up to three commands, each with its own timeout, and a
+                // timed-out command waits up to 5 s for its ABORT TASK.
+                assert!(
+                    took < Duration::from_secs(3 * (timeout + 6)),
+                    "{how:?}: took {took:?}"
+                );
+                println!("{how:?}: {} (after {took:?})", chain(&err));
+                (how, err)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (how, err) = h.join().expect("no panic");
+        let text = chain(&err);
+        assert!(!text.is_empty(), "{how:?}");
+        if matches!(how, Misbehaviour::BadCapacity) {
+            assert!(text.contains("block size"), "{how:?}: {text}");
+        }
+        if matches!(how, Misbehaviour::Silence) {
+            assert!(
+                matches!(&err, BlockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+                "{how:?}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_refused_login_says_why() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let (h, _) = read_pdu(&mut s).unwrap();
+        let mut r = header(0x23, 0, 0, 0);
+        r[8..14].copy_from_slice(&h[8..14]);
+        r[36] = 2; // initiator error
+        r[37] = 3; // target not found
+        s.write_all(&r).unwrap();
+        let _ = read_pdu(&mut s);
+    });
+    let err = IscsiDevice::open(&format!("iscsi://127.0.0.1:{port}/iqn.nope/1?timeout=2"))
+        .expect_err("refused");
+    assert!(chain(&err).contains("does not exist"), "{}", chain(&err));
+}
+
+#[test]
+fn nothing_listening_is_a_clear_error() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let err = IscsiDevice::open(&format!("iscsi://127.0.0.1:{port}/iqn.x/1?timeout=2"))
+        .expect_err("nobody there");
+    assert!(chain(&err).contains("connect"), "{}", chain(&err));
+}
