@@ -86,6 +86,14 @@ fn time_of(t: TimeOrNow) -> Timestamp {
     }
 }
 
+/// Answers a request that returns nothing but success or an errno.
+fn reply_empty(reply: ReplyEmpty, result: Result<(), MetaError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// Answers getxattr / listxattr: the size when asked with 0, ERANGE when the caller's
 /// buffer is too small, else the bytes.
 fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>, MetaError>) {
@@ -573,10 +581,10 @@ impl Filesystem for CsvFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.data.flush_times(ino.0).and_then(|()| self.vol.sync()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.data.flush_times(ino.0).and_then(|()| self.vol.sync()),
+        )
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -637,10 +645,7 @@ impl Filesystem for CsvFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vol.sync() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.vol.sync())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -677,12 +682,12 @@ impl Filesystem for CsvFs {
             flags & libc::XATTR_CREATE != 0,
             flags & libc::XATTR_REPLACE != 0,
         );
-        match self.vol.write(JobKind::default(), move |c| {
-            c.set_xattr(i, &n, &v, create, replace)
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.vol.write(JobKind::default(), move |c| {
+                c.set_xattr(i, &n, &v, create, replace)
+            }),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -711,13 +716,11 @@ impl Filesystem for CsvFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (i, n) = (ino.0, name.as_bytes().to_vec());
-        match self
-            .vol
-            .write(JobKind::FREES, move |c| c.remove_xattr(i, &n))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.vol
+                .write(JobKind::FREES, move |c| c.remove_xattr(i, &n)),
+        )
     }
 
     fn create(
@@ -764,10 +767,10 @@ impl Filesystem for CsvFs {
     ) {
         let state = self.inodes.get(ino.0);
         let _g = state.data.write();
-        match self.data.fallocate(ino.0, offset, length, mode) {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.data.fallocate(ino.0, offset, length, mode).map(drop),
+        );
     }
 
     fn copy_file_range(
