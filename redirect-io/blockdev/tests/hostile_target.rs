@@ -279,3 +279,47 @@ fn nothing_listening_is_a_clear_error() {
         .expect_err("nobody there");
     assert!(chain(&err).contains("connect"), "{}", chain(&err));
 }
+
+/// A target that pings with a NOP-In before it answers: the initiator answers with a
+/// NOP-Out carrying the target's transfer tag, and the command completes.
+#[test]
+fn a_target_ping_is_answered() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let target = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Login in one step to the full feature phase.
+        let (h, _) = read_pdu(&mut s).unwrap();
+        let mut r = header(0x23, 0x80 | 0x03, 0, 0);
+        r[8..14].copy_from_slice(&h[8..14]);
+        s.write_all(&r).unwrap();
+        let (h, _) = read_pdu(&mut s).unwrap();
+        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        // Ping, and expect the answer before anything else.
+        let mut nop = header(0x20, 0x80, 0xffff_ffff, 0);
+        nop[20..24].copy_from_slice(&0x1234u32.to_be_bytes());
+        s.write_all(&nop).unwrap();
+        let (answer, _) = read_pdu(&mut s).unwrap();
+        assert_eq!(answer[0] & 0x3f, 0x00, "a NOP-Out");
+        assert_eq!(&answer[16..20], &[0xff; 4], "with the reserved task tag");
+        assert_eq!(
+            &answer[20..24],
+            &0x1234u32.to_be_bytes(),
+            "and the target's tag"
+        );
+        // Then fail the command cleanly, which ends the open.
+        let mut resp = header(0x21, 0x80, itt, 20);
+        resp[3] = 0x02;
+        s.write_all(&resp).unwrap();
+        let mut sense = vec![0u8, 18, 0x70, 0, 0x05];
+        sense.resize(20, 0);
+        sense[14] = 0x20;
+        s.write_all(&sense).unwrap();
+        let _ = read_pdu(&mut s);
+    });
+    let err = IscsiDevice::open(&format!("iscsi://127.0.0.1:{port}/iqn.t/1?timeout=5"))
+        .expect_err("the command was failed");
+    assert!(chain(&err).contains("ILLEGAL REQUEST"), "{}", chain(&err));
+    target.join().expect("the target saw the NOP-Out");
+}
