@@ -1,6 +1,7 @@
 //! `csvctl`: csvfs administration. The same binary is `mkfs.csvfs` and `fsck.csvfs`
 //! when started under those names (the install script makes the links).
 
+mod cluster;
 mod fsck;
 mod mkfs;
 mod size;
@@ -21,6 +22,12 @@ enum Command {
     Mkfs(mkfs::MkfsArgs),
     /// Check a volume (same as fsck.csvfs).
     Fsck(fsck::FsckArgs),
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Node administration.
+    #[command(subcommand)]
+    Node(cluster::NodeCommand),
 }
 
 fn program_name() -> String {
@@ -55,6 +62,14 @@ fn main() {
                 0
             }
             Command::Fsck(a) => exit_on_error("csvctl fsck", fsck::run(a)),
+            Command::Cluster(cluster::ClusterCommand::Init(a)) => {
+                exit_on_error("csvctl cluster init", cluster::init(a));
+                0
+            }
+            Command::Node(cluster::NodeCommand::Add(a)) => {
+                exit_on_error("csvctl node add", cluster::add(a));
+                0
+            }
         },
     };
     std::process::exit(code);

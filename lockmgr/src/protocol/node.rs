@@ -1,0 +1,936 @@
+//! One node's part in one volume: joining, following, taking over, coordinating, being
+//! fenced and rejoining, as a state machine with no I/O. The shell feeds it the time and
+//! [`Event`]s and carries out the [`Action`]s it returns.
+//!
+//! The rules that make it safe (DESIGN.md, Cluster):
+//! - every node registers a key of its id and incarnation; the coordinator holds the
+//!   reservation; a follower that hears nothing from the coordinator for `fence`
+//!   PREEMPTs its key: the target runs racing PREEMPTs one at a time, so one wins;
+//! - the winner waits `drain` (the loser's accepted writes may still land), raises the
+//!   epoch in the coordinator record, asks every node what it holds, and grants nothing
+//!   before `preempt + grace + lease`: by then every lease the old coordinator granted
+//!   or renewed has run out on its holder's clock;
+//! - a coordinator serves (grants, renews) only within `grace` of the start of its last
+//!   successful disk heartbeat, so a fenced coordinator stops serving on its own;
+//! - a lease runs `lease` from the moment its holder sent the request or heartbeat that
+//!   renewed it; a node that hears nothing keeps nothing past that;
+//! - a silent member, or a holder that does not give a recalled lease back, is fenced
+//!   by the coordinator, and its leases are freed only after they have run out;
+//! - a node that meets a reservation conflict gives up its role and leases, and rejoins
+//!   with a new incarnation.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::lockspace::{Decision, Lockspace, Waiter};
+use super::types::{
+    Action, DiskOp, DiskReply, Epoch, Event, Key, Millis, Mode, Msg, NodeId, ResourceId, Role,
+    Timing, key_owner, node_key,
+};
+
+/// Why a disk operation was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Register,
+    /// READ RESERVATION to find the coordinator; `dead` is a node believed dead whose
+    /// key, if it holds the reservation, is to be preempted.
+    FindCoordinator {
+        dead: Option<NodeId>,
+    },
+    Reserve,
+    TakeOver,
+    AfterConflict,
+    ReadRecord,
+    WriteRecord(Epoch),
+    Heartbeat {
+        issued: Millis,
+    },
+    /// READ KEYS to fence a node: its keys up to the incarnation judged dead.
+    FindKeysOf(NodeId, u32),
+    FenceMember(NodeId, Key),
+    AfterFenceConflict(NodeId, Key),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Joining,
+    Follower(NodeId),
+    TakingOver,
+    Draining { until: Millis },
+    Rebuilding,
+    Coordinator,
+}
+
+#[derive(Debug, Default)]
+struct Coordination {
+    lockspace: Lockspace,
+    waiting_reports: BTreeSet<NodeId>,
+    report_deadline: Millis,
+    barrier: Millis,
+    early: Vec<(NodeId, Waiter, ResourceId)>,
+    last_ack: BTreeMap<NodeId, Millis>,
+    fencing: BTreeSet<NodeId>,
+    fenced: BTreeMap<NodeId, u32>,
+    drop_at: Vec<(NodeId, Millis)>,
+    deferred: Vec<Decision>,
+}
+
+/// A node of one volume.
+#[derive(Debug)]
+pub struct Node {
+    id: NodeId,
+    incarnation: u32,
+    peers: Vec<NodeId>,
+    timing: Timing,
+    phase: Phase,
+    epoch: Epoch,
+    last_heard: BTreeMap<NodeId, Millis>,
+    peer_incarnation: BTreeMap<NodeId, u32>,
+    next_heartbeat: Millis,
+    next_disk_heartbeat: Millis,
+    next_resend: Millis,
+    disk_counter: u64,
+    next_disk_id: u64,
+    disk_in_flight: Option<(u64, Purpose)>,
+    disk_queue: VecDeque<(DiskOp, Purpose)>,
+    last_disk_ok: Option<Millis>,
+    preempted_at: Millis,
+    leases: BTreeMap<ResourceId, (Mode, u64)>,
+    /// Requests recalled before their grant arrived (messages can pass each other).
+    recall_on_grant: BTreeSet<u64>,
+    lease_valid_until: Millis,
+    pending: BTreeMap<u64, (ResourceId, Mode, Millis)>,
+    next_req: u64,
+    coord: Option<Coordination>,
+    out: Vec<Action>,
+}
+
+impl Node {
+    /// A node `id` in `incarnation` (a number never used before by this node: the
+    /// shell keeps it on disk and raises it at every start) among `peers`.
+    pub fn new(
+        id: NodeId,
+        incarnation: u32,
+        peers: Vec<NodeId>,
+        timing: Timing,
+        now: Millis,
+    ) -> Node {
+        let mut n = Node {
+            id,
+            incarnation,
+            peers: peers.into_iter().filter(|p| *p != id).collect(),
+            timing,
+            phase: Phase::Joining,
+            epoch: 0,
+            last_heard: BTreeMap::new(),
+            peer_incarnation: BTreeMap::new(),
+            next_heartbeat: now,
+            next_disk_heartbeat: now,
+            next_resend: now,
+            disk_counter: 0,
+            next_disk_id: 1,
+            disk_in_flight: None,
+            disk_queue: VecDeque::new(),
+            last_disk_ok: None,
+            preempted_at: 0,
+            leases: BTreeMap::new(),
+            recall_on_grant: BTreeSet::new(),
+            lease_valid_until: 0,
+            pending: BTreeMap::new(),
+            next_req: 1,
+            coord: None,
+            out: Vec::new(),
+        };
+        n.join(now);
+        n
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// This node's reservation key.
+    pub fn key(&self) -> Key {
+        node_key(self.id, self.incarnation)
+    }
+
+    /// The epoch this node knows.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The node's role.
+    pub fn role(&self) -> Role {
+        match self.phase {
+            Phase::Joining => Role::Joining,
+            Phase::Follower(c) => Role::Follower(c),
+            Phase::TakingOver | Phase::Draining { .. } | Phase::Rebuilding => Role::TakingOver,
+            Phase::Coordinator => Role::Coordinator(self.epoch),
+        }
+    }
+
+    /// The epoch in which this node may write the volume's metadata now, if it is the
+    /// serving coordinator.
+    pub fn serving_epoch(&self, now: Millis) -> Option<Epoch> {
+        (self.phase == Phase::Coordinator && self.disk_fresh(now)).then_some(self.epoch)
+    }
+
+    /// The leases this node may rely on now (its caches are valid for these).
+    pub fn valid_leases(&self, now: Millis) -> Vec<(ResourceId, Mode)> {
+        if now >= self.leases_valid_until() {
+            return Vec::new();
+        }
+        self.leases.iter().map(|(r, (m, _))| (*r, *m)).collect()
+    }
+
+    /// The coordinator's view of who holds what (None on other nodes).
+    pub fn lockspace_holdings(&self) -> Option<Vec<(ResourceId, NodeId, Mode)>> {
+        self.coord.as_ref().map(|c| c.lockspace.holdings())
+    }
+
+    /// Requests outstanding.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Asks for a lease; [`Action::Granted`] with the returned number answers it.
+    pub fn acquire(&mut self, now: Millis, res: ResourceId, mode: Mode) -> (u64, Vec<Action>) {
+        // A new mode is a new lease: the old one is given back first.
+        if let Some((_, old)) = self.leases.remove(&res) {
+            self.send_release(now, res, old);
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        self.pending.insert(req, (res, mode, now));
+        self.send_acquire(now, req, res, mode, now);
+        (req, std::mem::take(&mut self.out))
+    }
+
+    /// Gives a lease back (after a recall, or when done with it).
+    pub fn release(&mut self, now: Millis, res: ResourceId) -> Vec<Action> {
+        if let Some((_, req)) = self.leases.remove(&res) {
+            self.send_release(now, res, req);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, now: Millis, event: Event) -> Vec<Action> {
+        match event {
+            Event::Tick => self.tick(now),
+            Event::Message {
+                from,
+                incarnation,
+                msg,
+            } => self.on_message(now, from, incarnation, msg),
+            Event::Disk { id, reply } => self.on_disk(now, id, reply),
+        }
+        self.pump_disk();
+        std::mem::take(&mut self.out)
+    }
+
+    // ----- time -----
+
+    fn tick(&mut self, now: Millis) {
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.timing.heartbeat;
+            let coordinator = self.phase == Phase::Coordinator;
+            for p in self.peers.clone() {
+                self.send(
+                    p,
+                    Msg::Heartbeat {
+                        sent: now,
+                        epoch: self.epoch,
+                        coordinator,
+                    },
+                );
+            }
+        }
+        if now >= self.next_disk_heartbeat && self.phase != Phase::Joining {
+            self.next_disk_heartbeat = now + self.timing.heartbeat;
+            if !self.disk_queued(|p| matches!(p, Purpose::Heartbeat { .. })) {
+                self.disk_counter += 1;
+                self.queue_disk(
+                    DiskOp::Heartbeat {
+                        counter: self.disk_counter,
+                    },
+                    Purpose::Heartbeat { issued: now },
+                );
+            }
+        }
+        match self.phase {
+            Phase::Follower(c) => {
+                if now.saturating_sub(self.heard(c)) >= self.timing.fence {
+                    self.take_over(c);
+                } else if now >= self.next_resend {
+                    self.next_resend = now + self.timing.lease / 2;
+                    for (req, (res, mode, sent)) in self.pending.clone() {
+                        self.send_acquire(now, req, res, mode, sent);
+                    }
+                }
+            }
+            Phase::Draining { until } if now >= until => {
+                self.phase = Phase::TakingOver;
+                self.queue_disk(DiskOp::ReadRecord, Purpose::ReadRecord);
+            }
+            Phase::Rebuilding => self.rebuild_tick(now),
+            Phase::Coordinator => self.coordinator_tick(now),
+            _ => {}
+        }
+    }
+
+    fn heard(&self, node: NodeId) -> Millis {
+        self.last_heard.get(&node).copied().unwrap_or(0)
+    }
+
+    fn disk_fresh(&self, now: Millis) -> bool {
+        self.last_disk_ok
+            .is_some_and(|t| now < t + self.timing.grace())
+    }
+
+    /// Until when this node's leases hold: a follower's as its coordinator last renewed
+    /// them, a coordinator's own for as long as it serves.
+    fn leases_valid_until(&self) -> Millis {
+        match self.phase {
+            Phase::Coordinator => self.last_disk_ok.map_or(0, |t| t + self.timing.grace()),
+            _ => self.lease_valid_until,
+        }
+    }
+
+    // ----- joining and takeover -----
+
+    fn join(&mut self, now: Millis) {
+        self.phase = Phase::Joining;
+        self.out.push(Action::Role(Role::Joining));
+        self.next_heartbeat = now;
+        self.queue_disk(DiskOp::Register { key: self.key() }, Purpose::Register);
+    }
+
+    fn fenced(&mut self, now: Millis) {
+        self.out.push(Action::Role(Role::Fenced));
+        if !self.leases.is_empty() {
+            self.out.push(Action::LostAll);
+        }
+        self.leases.clear();
+        self.recall_on_grant.clear();
+        self.lease_valid_until = 0;
+        self.coord = None;
+        self.disk_queue.clear();
+        self.disk_in_flight = None;
+        self.last_disk_ok = None;
+        self.incarnation += 1;
+        self.join(now);
+    }
+
+    fn follow(&mut self, now: Millis, coordinator: NodeId) {
+        if self.phase != Phase::Follower(coordinator) {
+            self.phase = Phase::Follower(coordinator);
+            self.out.push(Action::Role(Role::Follower(coordinator)));
+            // Give the coordinator a full fencing timeout from now.
+            self.last_heard
+                .insert(coordinator, now.max(self.heard(coordinator)));
+            self.next_resend = now;
+        }
+    }
+
+    /// Takes the role from `dead`: reads who holds the reservation now and preempts that
+    /// key if it is `dead`'s (of any incarnation).
+    fn take_over(&mut self, dead: NodeId) {
+        self.phase = Phase::TakingOver;
+        self.out.push(Action::Role(Role::TakingOver));
+        self.queue_disk(
+            DiskOp::ReadReservation,
+            Purpose::FindCoordinator { dead: Some(dead) },
+        );
+    }
+
+    fn won(&mut self, now: Millis) {
+        self.preempted_at = now;
+        self.last_disk_ok = Some(now);
+        self.phase = Phase::Draining {
+            until: now + self.timing.drain,
+        };
+    }
+
+    fn start_rebuild(&mut self, now: Millis, epoch: Epoch) {
+        self.epoch = epoch;
+        self.phase = Phase::Rebuilding;
+        let mut c = Coordination {
+            report_deadline: now + self.timing.report,
+            barrier: self.preempted_at + self.timing.grace() + self.timing.lease,
+            ..Coordination::default()
+        };
+        for (res, (mode, req)) in &self.leases {
+            c.lockspace.adopt(self.id, *res, *mode, *req, now);
+        }
+        for (req, (res, mode, sent)) in &self.pending {
+            c.early.push((
+                self.id,
+                Waiter {
+                    node: self.id,
+                    req: *req,
+                    mode: *mode,
+                    sent: *sent,
+                },
+                *res,
+            ));
+        }
+        c.waiting_reports = self.peers.iter().copied().collect();
+        self.coord = Some(c);
+        self.next_resend = now + self.timing.heartbeat;
+        for p in self.peers.clone() {
+            self.send(p, Msg::Report { epoch });
+        }
+    }
+
+    fn rebuild_tick(&mut self, now: Millis) {
+        let Some(c) = self.coord.as_mut() else {
+            return;
+        };
+        if now >= c.report_deadline && !c.waiting_reports.is_empty() {
+            let silent: Vec<NodeId> = std::mem::take(&mut c.waiting_reports).into_iter().collect();
+            for n in silent {
+                self.fence_member(n);
+            }
+        }
+        if now >= self.next_resend {
+            self.next_resend = now + self.timing.heartbeat;
+            let waiting: Vec<NodeId> = self
+                .coord
+                .as_ref()
+                .expect("coordinating")
+                .waiting_reports
+                .iter()
+                .copied()
+                .collect();
+            for n in waiting {
+                self.send(n, Msg::Report { epoch: self.epoch });
+            }
+        }
+        let c = self.coord.as_ref().expect("still coordinating");
+        if c.waiting_reports.is_empty() && now >= c.barrier && self.disk_fresh(now) {
+            self.phase = Phase::Coordinator;
+            self.out.push(Action::Role(Role::Coordinator(self.epoch)));
+            for p in self.peers.clone() {
+                self.last_heard.insert(p, now.max(self.heard(p)));
+            }
+            let early = std::mem::take(&mut self.coord.as_mut().expect("coordinating").early);
+            for (node, w, res) in early {
+                self.lockspace_acquire(now, node, res, w);
+            }
+        }
+    }
+
+    fn coordinator_tick(&mut self, now: Millis) {
+        if self.serving_epoch(now).is_some() {
+            let deferred = std::mem::take(&mut self.coord.as_mut().expect("coordinating").deferred);
+            self.apply(now, deferred);
+        }
+        for p in self.peers.clone() {
+            let c = self.coord.as_ref().expect("coordinating");
+            if !c.fencing.contains(&p) && now.saturating_sub(self.heard(p)) >= self.timing.fence {
+                self.fence_member(p);
+            }
+        }
+        let overdue = self
+            .coord
+            .as_ref()
+            .expect("coordinating")
+            .lockspace
+            .overdue(now);
+        for n in overdue {
+            if n == self.id {
+                continue;
+            }
+            let c = self.coord.as_ref().expect("coordinating");
+            if !c.fencing.contains(&n) {
+                self.fence_member(n);
+            }
+        }
+        let c = self.coord.as_mut().expect("coordinating");
+        let due: Vec<NodeId> = c
+            .drop_at
+            .iter()
+            .filter(|(_, at)| now >= *at)
+            .map(|(n, _)| *n)
+            .collect();
+        c.drop_at.retain(|(_, at)| now < *at);
+        for n in due {
+            let c = self.coord.as_mut().expect("coordinating");
+            let d = c.lockspace.drop_node(n, now, self.timing.recall);
+            c.fencing.remove(&n);
+            self.apply(now, d);
+        }
+    }
+
+    /// Fences `node` as it was last heard of: its keys up to that incarnation go, a
+    /// newer life of it (one that rejoined meanwhile) stays.
+    fn fence_member(&mut self, node: NodeId) {
+        let upto = self
+            .peer_incarnation
+            .get(&node)
+            .copied()
+            .unwrap_or(u32::MAX);
+        let c = self.coord.as_mut().expect("coordinating");
+        if c.fencing.insert(node) {
+            self.queue_disk(DiskOp::ReadKeys, Purpose::FindKeysOf(node, upto));
+        }
+    }
+
+    // ----- messages -----
+
+    fn on_message(&mut self, now: Millis, from: NodeId, incarnation: u32, msg: Msg) {
+        if let Some(c) = &self.coord
+            && c.fenced.get(&from).is_some_and(|i| incarnation <= *i)
+        {
+            // A fenced incarnation: nothing it says counts.
+            return;
+        }
+        self.last_heard.insert(from, now);
+        let known = self.peer_incarnation.entry(from).or_insert(incarnation);
+        *known = (*known).max(incarnation);
+        match msg {
+            Msg::Heartbeat {
+                sent,
+                epoch,
+                coordinator,
+            } => {
+                if coordinator && epoch > self.epoch {
+                    self.superseded(now, from, epoch);
+                } else if coordinator && epoch == self.epoch && self.phase == Phase::Joining {
+                    self.follow(now, from);
+                }
+                if self.serving_epoch(now).is_some() {
+                    self.send(
+                        from,
+                        Msg::HeartbeatAck {
+                            sent,
+                            epoch: self.epoch,
+                        },
+                    );
+                    if let Some(c) = self.coord.as_mut() {
+                        c.last_ack.insert(from, now);
+                    }
+                }
+            }
+            Msg::HeartbeatAck { sent, epoch } => {
+                if epoch == self.epoch && self.phase == Phase::Follower(from) {
+                    self.lease_valid_until = self.lease_valid_until.max(sent + self.timing.lease);
+                }
+            }
+            Msg::Acquire {
+                epoch: _,
+                req,
+                res,
+                mode,
+                sent,
+            } => {
+                let w = Waiter {
+                    node: from,
+                    req,
+                    mode,
+                    sent,
+                };
+                match self.phase {
+                    Phase::Coordinator => self.lockspace_acquire(now, from, res, w),
+                    Phase::Rebuilding => {
+                        if let Some(c) = self.coord.as_mut() {
+                            c.early.push((from, w, res));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Msg::Grant {
+                epoch,
+                req,
+                res,
+                mode,
+                sent,
+            } => {
+                if epoch != self.epoch || self.phase != Phase::Follower(from) {
+                    return;
+                }
+                self.lease_valid_until = self.lease_valid_until.max(sent + self.timing.lease);
+                self.take_grant(now, req, res, mode);
+            }
+            Msg::Recall { epoch, res, req } => {
+                if epoch == self.epoch {
+                    self.take_recall(now, res, req);
+                }
+            }
+            Msg::Release { epoch, res, req } => {
+                if epoch == self.epoch && self.phase == Phase::Coordinator {
+                    let c = self.coord.as_mut().expect("coordinating");
+                    let d = c.lockspace.release(res, from, req, now, self.timing.recall);
+                    self.apply(now, d);
+                }
+            }
+            Msg::Report { epoch } => {
+                if epoch > self.epoch {
+                    self.superseded(now, from, epoch);
+                }
+                if epoch == self.epoch && self.phase == Phase::Follower(from) {
+                    let held = self.leases.iter().map(|(r, (m, q))| (*r, *m, *q)).collect();
+                    let pending = self
+                        .pending
+                        .iter()
+                        .map(|(q, (r, m, s))| (*q, *r, *m, *s))
+                        .collect();
+                    self.send(
+                        from,
+                        Msg::Holdings {
+                            epoch,
+                            held,
+                            pending,
+                        },
+                    );
+                }
+            }
+            Msg::Holdings {
+                epoch,
+                held,
+                pending,
+            } => {
+                if epoch != self.epoch || self.phase != Phase::Rebuilding {
+                    return;
+                }
+                let c = self.coord.as_mut().expect("rebuilding");
+                if !c.waiting_reports.remove(&from) {
+                    return;
+                }
+                for (res, mode, req) in held {
+                    c.lockspace.adopt(from, res, mode, req, now);
+                }
+                for (req, res, mode, sent) in pending {
+                    c.early.push((
+                        from,
+                        Waiter {
+                            node: from,
+                            req,
+                            mode,
+                            sent,
+                        },
+                        res,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A coordinator of a newer epoch exists. A node that coordinated or took over in
+    /// an older one was preempted: it rejoins. Others follow the new one.
+    fn superseded(&mut self, now: Millis, coordinator: NodeId, epoch: Epoch) {
+        match self.phase {
+            Phase::Coordinator | Phase::Rebuilding | Phase::Draining { .. } => self.fenced(now),
+            Phase::TakingOver => {}
+            Phase::Joining | Phase::Follower(_) => {
+                self.epoch = epoch;
+                // Leases of the old epoch stay until they run out or the new
+                // coordinator renews them (it adopts what this node reports).
+                self.phase = Phase::Joining;
+                self.follow(now, coordinator);
+            }
+        }
+    }
+
+    fn send_acquire(&mut self, now: Millis, req: u64, res: ResourceId, mode: Mode, sent: Millis) {
+        match self.phase {
+            Phase::Follower(c) => self.send(
+                c,
+                Msg::Acquire {
+                    epoch: self.epoch,
+                    req,
+                    res,
+                    mode,
+                    sent,
+                },
+            ),
+            Phase::Coordinator => {
+                let w = Waiter {
+                    node: self.id,
+                    req,
+                    mode,
+                    sent,
+                };
+                self.lockspace_acquire(now, self.id, res, w);
+            }
+            Phase::Rebuilding => {
+                if let Some(c) = self.coord.as_mut() {
+                    c.early.push((
+                        self.id,
+                        Waiter {
+                            node: self.id,
+                            req,
+                            mode,
+                            sent,
+                        },
+                        res,
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn send_release(&mut self, now: Millis, res: ResourceId, req: u64) {
+        match self.phase {
+            Phase::Follower(c) => self.send(
+                c,
+                Msg::Release {
+                    epoch: self.epoch,
+                    res,
+                    req,
+                },
+            ),
+            Phase::Coordinator => {
+                let c = self.coord.as_mut().expect("coordinating");
+                let d = c
+                    .lockspace
+                    .release(res, self.id, req, now, self.timing.recall);
+                self.apply(now, d);
+            }
+            _ => {}
+        }
+    }
+
+    /// A grant for request `req`: the lease is the user's, unless the request is no
+    /// longer wanted, then it goes straight back.
+    fn take_grant(&mut self, now: Millis, req: u64, res: ResourceId, mode: Mode) {
+        if self.pending.remove(&req).is_some() {
+            self.leases.insert(res, (mode, req));
+            self.out.push(Action::Granted { req, res, mode });
+            if self.recall_on_grant.remove(&req) {
+                self.out.push(Action::Recall { res });
+            }
+        } else if self.leases.get(&res).is_none_or(|(_, q)| *q != req) {
+            self.send_release(now, res, req);
+        }
+    }
+
+    /// A recall of the lease granted for `req`.
+    fn take_recall(&mut self, now: Millis, res: ResourceId, req: u64) {
+        if self.leases.get(&res).is_some_and(|(_, q)| *q == req) {
+            self.out.push(Action::Recall { res });
+        } else if self.pending.contains_key(&req) {
+            // The grant is still on its way.
+            self.recall_on_grant.insert(req);
+        } else {
+            self.send_release(now, res, req);
+        }
+    }
+
+    fn lockspace_acquire(&mut self, now: Millis, _from: NodeId, res: ResourceId, w: Waiter) {
+        let c = self.coord.as_mut().expect("coordinating");
+        let d = c.lockspace.acquire(res, w, now, self.timing.recall);
+        self.apply(now, d);
+    }
+
+    /// Turns the lockspace's decisions into grants and recalls; while the coordinator
+    /// cannot prove it still holds the LUN (no fresh disk heartbeat), they wait.
+    fn apply(&mut self, now: Millis, decisions: Vec<Decision>) {
+        if self.serving_epoch(now).is_none() {
+            if let Some(c) = self.coord.as_mut() {
+                c.deferred.extend(decisions);
+            }
+            return;
+        }
+        for d in decisions {
+            match d {
+                Decision::Grant(res, w) if w.node == self.id => {
+                    self.take_grant(now, w.req, res, w.mode);
+                }
+                Decision::Grant(res, w) => self.send(
+                    w.node,
+                    Msg::Grant {
+                        epoch: self.epoch,
+                        req: w.req,
+                        res,
+                        mode: w.mode,
+                        sent: w.sent,
+                    },
+                ),
+                Decision::Recall(res, n, req) if n == self.id => self.take_recall(now, res, req),
+                Decision::Recall(res, n, req) => self.send(
+                    n,
+                    Msg::Recall {
+                        epoch: self.epoch,
+                        res,
+                        req,
+                    },
+                ),
+            }
+        }
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        self.out.push(Action::Send { to, msg });
+    }
+
+    // ----- disk -----
+
+    fn queue_disk(&mut self, op: DiskOp, purpose: Purpose) {
+        self.disk_queue.push_back((op, purpose));
+    }
+
+    fn disk_queued(&self, f: impl Fn(&Purpose) -> bool) -> bool {
+        self.disk_in_flight.as_ref().is_some_and(|(_, p)| f(p))
+            || self.disk_queue.iter().any(|(_, p)| f(p))
+    }
+
+    fn pump_disk(&mut self) {
+        if self.disk_in_flight.is_some() {
+            return;
+        }
+        if let Some((op, purpose)) = self.disk_queue.pop_front() {
+            let id = self.next_disk_id;
+            self.next_disk_id += 1;
+            self.disk_in_flight = Some((id, purpose));
+            self.out.push(Action::Disk { id, op });
+        }
+    }
+
+    fn on_disk(&mut self, now: Millis, id: u64, reply: DiskReply) {
+        let Some((want, purpose)) = self.disk_in_flight else {
+            return;
+        };
+        if want != id {
+            return;
+        }
+        self.disk_in_flight = None;
+        let conflict = matches!(reply, DiskReply::Conflict | DiskReply::PossiblyFenced);
+        match (purpose, reply) {
+            (Purpose::Register, DiskReply::Done) => {
+                self.queue_disk(
+                    DiskOp::ReadReservation,
+                    Purpose::FindCoordinator { dead: None },
+                );
+            }
+            (Purpose::Register, _) => {
+                self.queue_disk(DiskOp::Register { key: self.key() }, Purpose::Register);
+            }
+            (Purpose::FindCoordinator { .. }, DiskReply::Holder(None)) => {
+                self.queue_disk(DiskOp::Reserve { key: self.key() }, Purpose::Reserve);
+            }
+            (Purpose::FindCoordinator { dead }, DiskReply::Holder(Some(k))) => {
+                match key_owner(k) {
+                    _ if k == self.key() => self.won(now),
+                    // Another node's key, and that node not given up for dead: follow it.
+                    Some((n, inc)) if n != self.id && Some(n) != dead => {
+                        let known = self.peer_incarnation.entry(n).or_insert(inc);
+                        *known = (*known).max(inc);
+                        self.follow(now, n);
+                    }
+                    // An earlier life of this node, the node given up for dead, or a
+                    // reservation csvfs did not make: preempt it.
+                    _ => self.queue_disk(
+                        DiskOp::Preempt {
+                            key: self.key(),
+                            victim: k,
+                        },
+                        Purpose::TakeOver,
+                    ),
+                }
+            }
+            (Purpose::Reserve, DiskReply::Done) | (Purpose::TakeOver, DiskReply::Done) => {
+                self.won(now)
+            }
+            (Purpose::Reserve | Purpose::TakeOver, _) if conflict => {
+                self.queue_disk(DiskOp::ReadKeys, Purpose::AfterConflict);
+            }
+            (Purpose::AfterConflict, DiskReply::Keys(keys)) => {
+                if keys.contains(&self.key()) {
+                    // Someone else won: follow it.
+                    self.queue_disk(
+                        DiskOp::ReadReservation,
+                        Purpose::FindCoordinator { dead: None },
+                    );
+                } else {
+                    self.fenced(now);
+                }
+            }
+            (Purpose::ReadRecord, DiskReply::Record { epoch }) => {
+                let e = epoch.max(self.epoch) + 1;
+                self.queue_disk(
+                    DiskOp::WriteRecord {
+                        epoch: e,
+                        node: self.id,
+                    },
+                    Purpose::WriteRecord(e),
+                );
+            }
+            (Purpose::WriteRecord(e), DiskReply::Done) => {
+                self.last_disk_ok = Some(self.last_disk_ok.unwrap_or(now).max(self.preempted_at));
+                self.start_rebuild(now, e);
+            }
+            (Purpose::Heartbeat { issued }, DiskReply::Done) => {
+                self.last_disk_ok = Some(self.last_disk_ok.unwrap_or(0).max(issued));
+            }
+            (Purpose::FindKeysOf(node, upto), DiskReply::Keys(keys)) => {
+                let victims: Vec<Key> = keys
+                    .into_iter()
+                    .filter(|k| key_owner(*k).is_some_and(|(n, i)| n == node && i <= upto))
+                    .collect();
+                if victims.is_empty() {
+                    self.member_fenced(
+                        now,
+                        node,
+                        upto.min(self.peer_incarnation.get(&node).copied().unwrap_or(0)),
+                    );
+                }
+                for v in victims {
+                    self.queue_disk(
+                        DiskOp::Preempt {
+                            key: self.key(),
+                            victim: v,
+                        },
+                        Purpose::FenceMember(node, v),
+                    );
+                }
+            }
+            (Purpose::FenceMember(node, victim), DiskReply::Done) => {
+                let inc = key_owner(victim).map_or(0, |(_, i)| i);
+                self.member_fenced(now, node, inc);
+            }
+            (Purpose::FenceMember(node, victim), _) if conflict => {
+                self.queue_disk(DiskOp::ReadKeys, Purpose::AfterFenceConflict(node, victim));
+            }
+            (Purpose::AfterFenceConflict(node, victim), DiskReply::Keys(keys)) => {
+                if keys.contains(&self.key()) {
+                    // The victim's key was gone already.
+                    let inc = key_owner(victim).map_or(0, |(_, i)| i);
+                    self.member_fenced(now, node, inc);
+                } else {
+                    self.fenced(now);
+                }
+            }
+            (_, _) if conflict => self.fenced(now),
+            (_, _) => {
+                // An answer that does not fit the question: ask again from the start.
+                tracing::warn!(node = self.id, ?purpose, "unexpected disk reply; rejoining");
+                self.fenced(now);
+            }
+        }
+    }
+
+    /// `node`'s key (incarnations up to `incarnation`) is gone from the LUN: its leases
+    /// are freed once they have run out on its clock.
+    fn member_fenced(&mut self, now: Millis, node: NodeId, incarnation: u32) {
+        let lease = self.timing.lease;
+        // Its silence counts from now: a new life of it has a fencing timeout to rejoin.
+        self.last_heard.insert(node, now);
+        let Some(c) = self.coord.as_mut() else {
+            return;
+        };
+        let fenced = c.fenced.entry(node).or_insert(incarnation);
+        *fenced = (*fenced).max(incarnation);
+        c.waiting_reports.remove(&node);
+        let runs_out = c.last_ack.get(&node).map_or(now, |t| t + lease).max(now);
+        c.drop_at.push((node, runs_out.max(c.barrier)));
+    }
+}
