@@ -95,6 +95,9 @@ pub struct Node {
     last_disk_ok: Option<Millis>,
     preempted_at: Millis,
     leases: BTreeMap<ResourceId, (Mode, u64)>,
+    /// Leases of an earlier epoch that the new coordinator has not adopted yet, each
+    /// with the end of its validity (nothing renews them until they are adopted).
+    old_leases: BTreeMap<ResourceId, (Mode, u64, Millis)>,
     /// Requests recalled before their grant arrived (messages can pass each other).
     recall_on_grant: BTreeSet<u64>,
     lease_valid_until: Millis,
@@ -133,6 +136,7 @@ impl Node {
             last_disk_ok: None,
             preempted_at: 0,
             leases: BTreeMap::new(),
+            old_leases: BTreeMap::new(),
             recall_on_grant: BTreeSet::new(),
             lease_valid_until: 0,
             pending: BTreeMap::new(),
@@ -182,10 +186,16 @@ impl Node {
 
     /// The leases this node may rely on now (its caches are valid for these).
     pub fn valid_leases(&self, now: Millis) -> Vec<(ResourceId, Mode)> {
-        if now >= self.leases_valid_until() {
-            return Vec::new();
-        }
-        self.leases.iter().map(|(r, (m, _))| (*r, *m)).collect()
+        let current = (now < self.leases_valid_until())
+            .then(|| self.leases.iter().map(|(r, (m, _))| (*r, *m)))
+            .into_iter()
+            .flatten();
+        let old = self
+            .old_leases
+            .iter()
+            .filter(|(_, (_, _, until))| now < *until)
+            .map(|(r, (m, _, _))| (*r, *m));
+        current.chain(old).collect()
     }
 
     /// The coordinator's view of who holds what (None on other nodes).
@@ -198,14 +208,17 @@ impl Node {
         self.pending.len()
     }
 
-    /// Asks for a lease; [`Action::Granted`] with the returned number answers it.
+    /// Asks for a lease; [`Action::Granted`] for `res` answers it (with the returned
+    /// number, or a new one if the node rejoined meanwhile).
     pub fn acquire(&mut self, now: Millis, res: ResourceId, mode: Mode) -> (u64, Vec<Action>) {
         // A new mode is a new lease: the old one is given back first.
         if let Some((_, old)) = self.leases.remove(&res) {
             self.send_release(now, res, old);
         }
-        let req = self.next_req;
-        self.next_req += 1;
+        if let Some((_, old, _)) = self.old_leases.remove(&res) {
+            self.send_release(now, res, old);
+        }
+        let req = self.new_req();
         self.pending.insert(req, (res, mode, now));
         self.send_acquire(now, req, res, mode, now);
         (req, std::mem::take(&mut self.out))
@@ -214,6 +227,9 @@ impl Node {
     /// Gives a lease back (after a recall, or when done with it).
     pub fn release(&mut self, now: Millis, res: ResourceId) -> Vec<Action> {
         if let Some((_, req)) = self.leases.remove(&res) {
+            self.send_release(now, res, req);
+        }
+        if let Some((_, req, _)) = self.old_leases.remove(&res) {
             self.send_release(now, res, req);
         }
         std::mem::take(&mut self.out)
@@ -313,10 +329,11 @@ impl Node {
 
     fn fenced(&mut self, now: Millis) {
         self.out.push(Action::Role(Role::Fenced));
-        if !self.leases.is_empty() {
+        if !self.leases.is_empty() || !self.old_leases.is_empty() {
             self.out.push(Action::LostAll);
         }
         self.leases.clear();
+        self.old_leases.clear();
         self.recall_on_grant.clear();
         self.lease_valid_until = 0;
         self.coord = None;
@@ -324,7 +341,20 @@ impl Node {
         self.disk_in_flight = None;
         self.last_disk_ok = None;
         self.incarnation += 1;
+        // Requests of the earlier life are asked again as this life's: a grant still
+        // on its way to the earlier life must not count for this one.
+        for (_, (res, mode, _)) in std::mem::take(&mut self.pending) {
+            let req = self.new_req();
+            self.pending.insert(req, (res, mode, now));
+        }
         self.join(now);
+    }
+
+    /// A request number no other life of this node uses: the incarnation above a
+    /// counter.
+    fn new_req(&mut self) -> u64 {
+        self.next_req += 1;
+        (u64::from(self.incarnation) << 32) | (self.next_req & 0xffff_ffff)
     }
 
     fn follow(&mut self, now: Millis, coordinator: NodeId) {
@@ -365,6 +395,10 @@ impl Node {
             barrier: self.preempted_at + self.timing.grace() + self.timing.lease,
             ..Coordination::default()
         };
+        let old = std::mem::take(&mut self.old_leases);
+        for (res, (mode, req, _)) in old {
+            self.leases.insert(res, (mode, req));
+        }
         for (res, (mode, req)) in &self.leases {
             c.lockspace.adopt(self.id, *res, *mode, *req, now);
         }
@@ -491,9 +525,14 @@ impl Node {
             // A fenced incarnation: nothing it says counts.
             return;
         }
+        match self.peer_incarnation.get(&from).copied() {
+            // A message of an earlier life, overtaken by the new one's: stale.
+            Some(k) if incarnation < k => return,
+            Some(k) if incarnation > k => self.new_life(now, from),
+            _ => {}
+        }
+        self.peer_incarnation.insert(from, incarnation);
         self.last_heard.insert(from, now);
-        let known = self.peer_incarnation.entry(from).or_insert(incarnation);
-        *known = (*known).max(incarnation);
         match msg {
             Msg::Heartbeat {
                 sent,
@@ -576,7 +615,12 @@ impl Node {
                     self.superseded(now, from, epoch);
                 }
                 if epoch == self.epoch && self.phase == Phase::Follower(from) {
-                    let held = self.leases.iter().map(|(r, (m, q))| (*r, *m, *q)).collect();
+                    let held = self
+                        .leases
+                        .iter()
+                        .map(|(r, (m, q))| (*r, *m, *q))
+                        .chain(self.old_leases.iter().map(|(r, (m, q, _))| (*r, *m, *q)))
+                        .collect();
                     let pending = self
                         .pending
                         .iter()
@@ -590,6 +634,15 @@ impl Node {
                             pending,
                         },
                     );
+                }
+            }
+            Msg::Adopted { epoch } => {
+                if epoch == self.epoch && self.phase == Phase::Follower(from) {
+                    // Renewed from now on with the rest; until the next renewal they
+                    // hold no longer than the others.
+                    for (res, (mode, req, _)) in std::mem::take(&mut self.old_leases) {
+                        self.leases.insert(res, (mode, req));
+                    }
                 }
             }
             Msg::Holdings {
@@ -607,6 +660,10 @@ impl Node {
                 for (res, mode, req) in held {
                     c.lockspace.adopt(from, res, mode, req, now);
                 }
+                self.out.push(Action::Send {
+                    to: from,
+                    msg: Msg::Adopted { epoch },
+                });
                 for (req, res, mode, sent) in pending {
                     c.early.push((
                         from,
@@ -623,6 +680,19 @@ impl Node {
         }
     }
 
+    /// `node` speaks with a new incarnation: its earlier life is over (it dropped its
+    /// leases before it rejoined, or it died), so what that life held is freed now.
+    fn new_life(&mut self, now: Millis, node: NodeId) {
+        let recall = self.timing.recall;
+        let Some(c) = self.coord.as_mut() else {
+            return;
+        };
+        c.drop_at.retain(|(n, _)| *n != node);
+        c.fencing.remove(&node);
+        let d = c.lockspace.drop_node(node, now, recall);
+        self.apply(now, d);
+    }
+
     /// A coordinator of a newer epoch exists. A node that coordinated or took over in
     /// an older one was preempted: it rejoins. Others follow the new one.
     fn superseded(&mut self, now: Millis, coordinator: NodeId, epoch: Epoch) {
@@ -631,8 +701,13 @@ impl Node {
             Phase::TakingOver => {}
             Phase::Joining | Phase::Follower(_) => {
                 self.epoch = epoch;
-                // Leases of the old epoch stay until they run out or the new
-                // coordinator renews them (it adopts what this node reports).
+                // Leases of the old epoch hold until they run out, unless the new
+                // coordinator adopts them (from what this node reports) first.
+                let until = self.lease_valid_until;
+                for (res, (mode, req)) in std::mem::take(&mut self.leases) {
+                    self.old_leases.insert(res, (mode, req, until));
+                }
+                self.lease_valid_until = 0;
                 self.phase = Phase::Joining;
                 self.follow(now, coordinator);
             }
@@ -703,19 +778,24 @@ impl Node {
     /// longer wanted, then it goes straight back.
     fn take_grant(&mut self, now: Millis, req: u64, res: ResourceId, mode: Mode) {
         if self.pending.remove(&req).is_some() {
+            self.old_leases.remove(&res);
             self.leases.insert(res, (mode, req));
             self.out.push(Action::Granted { req, res, mode });
             if self.recall_on_grant.remove(&req) {
                 self.out.push(Action::Recall { res });
             }
-        } else if self.leases.get(&res).is_none_or(|(_, q)| *q != req) {
+        } else if self.leases.get(&res).is_none_or(|(_, q)| *q != req)
+            && self.old_leases.get(&res).is_none_or(|(_, q, _)| *q != req)
+        {
             self.send_release(now, res, req);
         }
     }
 
     /// A recall of the lease granted for `req`.
     fn take_recall(&mut self, now: Millis, res: ResourceId, req: u64) {
-        if self.leases.get(&res).is_some_and(|(_, q)| *q == req) {
+        if self.leases.get(&res).is_some_and(|(_, q)| *q == req)
+            || self.old_leases.get(&res).is_some_and(|(_, q, _)| *q == req)
+        {
             self.out.push(Action::Recall { res });
         } else if self.pending.contains_key(&req) {
             // The grant is still on its way.
@@ -929,6 +1009,16 @@ impl Node {
         };
         let fenced = c.fenced.entry(node).or_insert(incarnation);
         *fenced = (*fenced).max(incarnation);
+        if self
+            .peer_incarnation
+            .get(&node)
+            .is_some_and(|k| *k > incarnation)
+        {
+            // A newer life already spoke: what the fenced one held went then, and what
+            // the table holds now is the newer life's.
+            c.fencing.remove(&node);
+            return;
+        }
         c.waiting_reports.remove(&node);
         let runs_out = c.last_ack.get(&node).map_or(now, |t| t + lease).max(now);
         c.drop_at.push((node, runs_out.max(c.barrier)));

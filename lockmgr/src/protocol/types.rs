@@ -182,6 +182,12 @@ pub enum Msg {
         /// The new epoch.
         epoch: Epoch,
     },
+    /// The new coordinator took in the holdings a node reported: from now on its
+    /// heartbeats renew them.
+    Adopted {
+        /// The new epoch.
+        epoch: Epoch,
+    },
     /// A node's answer to [`Msg::Report`].
     Holdings {
         /// The epoch asked about.

@@ -1,0 +1,702 @@
+//! Deterministic simulation of the lock manager's protocol: three nodes, simulated
+//! time, a network that loses, delays and reorders messages and can be partitioned,
+//! nodes that crash and restart, paths to the LUN that reconnect, and a target that
+//! behaves as tgtd does (`blockdev::PrState`: registrations belong to a session, no
+//! PREEMPT AND ABORT, nothing kept across a restart; writes it accepted land later).
+//!
+//! Checked at every step:
+//! - metadata writes land in epoch order, and one node writes per epoch;
+//! - no two nodes rely on conflicting leases at the same moment;
+//!
+//! and at the end of each run, after the faults stop: one coordinator, every node
+//! following it, every request granted (a request whose holder died is granted once
+//! that holder is fenced).
+//!
+//! `cargo test` runs 10,000 seeds; `CSVFS_SIM_SEEDS=N` runs N (the soak).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use blockdev::{Nexus, PrOut, PrState, ReservationType};
+use lockmgr::protocol::{
+    Action, DiskOp, DiskReply, Epoch, Event, Millis, Mode, Msg, Node, NodeId, ResourceId, Role,
+    Timing,
+};
+
+const NODES: NodeId = 3;
+const RESOURCES: ResourceId = 4;
+const TICK: Millis = 10;
+const CHAOS_END: Millis = 10_000;
+const QUIET_START: Millis = 18_000;
+const END: Millis = 30_000;
+const WE_RO: ReservationType = ReservationType::WriteExclusiveRegistrantsOnly;
+
+/// splitmix64: small, deterministic, good enough to pick faults.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(NodeId),
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        incarnation: u32,
+        msg: Msg,
+    },
+    DiskArrive {
+        node: NodeId,
+        life: u32,
+        id: u64,
+        op: DiskOp,
+    },
+    DiskReply {
+        node: NodeId,
+        life: u32,
+        id: u64,
+        reply: DiskReply,
+    },
+    MetaArrive {
+        node: NodeId,
+        life: u32,
+        epoch: Epoch,
+    },
+    MetaLand {
+        node: NodeId,
+        epoch: Epoch,
+    },
+    Crash(NodeId),
+    Restart(NodeId),
+    Reconnect(NodeId),
+    TargetRestart,
+    Cut(NodeId, bool),
+    Stall(NodeId, Millis),
+}
+
+/// The user of a node's leases.
+#[derive(Default)]
+struct App {
+    held: BTreeMap<ResourceId, Millis>,
+    wanted: BTreeSet<ResourceId>,
+    stubborn: bool,
+}
+
+struct SimNode {
+    node: Option<Node>,
+    life: u32,
+    incarnation: u32,
+    session: u64,
+    reconnect_pending: bool,
+    /// The node's path to the LUN answers nothing until then (a stalled path).
+    stalled_until: Millis,
+    app: App,
+    next_meta: Millis,
+}
+
+struct World {
+    seed: u64,
+    now: Millis,
+    rng: Rng,
+    timing: Timing,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Millis, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    target: PrState,
+    record: Epoch,
+    landed_max: Epoch,
+    writers: BTreeMap<Epoch, NodeId>,
+    cut: BTreeSet<NodeId>,
+    loss: u64,
+    log: Vec<String>,
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let timing = Timing::DEFAULT;
+        let mut w = World {
+            seed,
+            now: 0,
+            rng: Rng(seed),
+            timing,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes: BTreeMap::new(),
+            target: PrState::default(),
+            record: 0,
+            landed_max: 0,
+            writers: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            loss: 0,
+            log: Vec::new(),
+        };
+        for id in 1..=NODES {
+            w.nodes.insert(
+                id,
+                SimNode {
+                    node: None,
+                    life: 0,
+                    incarnation: 0,
+                    session: 0,
+                    reconnect_pending: false,
+                    stalled_until: 0,
+                    app: App::default(),
+                    next_meta: 0,
+                },
+            );
+            let start = w.rng.range(0, 300);
+            w.at(start, Ev::Restart(id));
+        }
+        w.plan_faults();
+        w
+    }
+
+    fn at(&mut self, t: Millis, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue
+            .push(Reverse((t, self.seq, self.events.len() - 1)));
+    }
+
+    fn plan_faults(&mut self) {
+        self.loss = self.rng.range(0, 50);
+        let faults = self.rng.range(1, 4);
+        for _ in 0..faults {
+            let t = self.rng.range(1_000, CHAOS_END - 1_000);
+            let n = self.rng.range(1, u64::from(NODES)) as NodeId;
+            match self.rng.below(6) {
+                5 => {
+                    let until = t + self.rng.range(300, 3_000);
+                    self.at(t, Ev::Stall(n, until));
+                }
+                0 => {
+                    self.at(t, Ev::Crash(n));
+                    let back = t + self.rng.range(200, 4_000);
+                    self.at(back, Ev::Restart(n));
+                }
+                1 => {
+                    self.at(t, Ev::Cut(n, true));
+                    let heal = t + self.rng.range(500, 5_000);
+                    self.at(heal.min(CHAOS_END), Ev::Cut(n, false));
+                }
+                2 => self.at(t, Ev::Reconnect(n)),
+                3 => self.at(t, Ev::TargetRestart),
+                _ => {
+                    // A stubborn user: does not give a recalled lease back.
+                    if let Some(s) = self.nodes.get_mut(&n) {
+                        s.app.stubborn = true;
+                    }
+                }
+            }
+        }
+        self.at(CHAOS_END, Ev::Cut(0, false));
+    }
+
+    fn fail(&self, what: String) -> ! {
+        let tail: Vec<&String> = self
+            .log
+            .iter()
+            .rev()
+            .take(
+                std::env::var("CSVFS_SIM_LOG")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(60),
+            )
+            .collect();
+        let tail: Vec<&str> = tail.into_iter().rev().map(|s| s.as_str()).collect();
+        panic!(
+            "seed {}: at {} ms: {what}\nlast events:\n{}",
+            self.seed,
+            self.now,
+            tail.join("\n")
+        );
+    }
+
+    fn note(&mut self, s: String) {
+        if self.log.len() > 4000 {
+            self.log.drain(..2000);
+        }
+        self.log.push(format!("{:>6} {s}", self.now));
+    }
+
+    fn run(&mut self) {
+        while let Some(Reverse((t, _, idx))) = self.queue.pop() {
+            if t > END {
+                break;
+            }
+            self.now = t;
+            let ev = self.events[idx].take().expect("each event runs once");
+            self.step(ev);
+            self.check_leases();
+        }
+        self.check_end();
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick(n) => {
+                let alive = self.nodes[&n].node.is_some();
+                if !alive {
+                    return;
+                }
+                self.app_step(n);
+                self.feed(n, Event::Tick);
+                self.meta_step(n);
+                self.at(self.now + TICK, Ev::Tick(n));
+            }
+            Ev::Deliver {
+                to,
+                from,
+                incarnation,
+                msg,
+            } => {
+                if !matches!(msg, Msg::Heartbeat { .. } | Msg::HeartbeatAck { .. }) {
+                    self.note(format!("n{from}->n{to} {msg:?}"));
+                }
+                self.feed(
+                    to,
+                    Event::Message {
+                        from,
+                        incarnation,
+                        msg,
+                    },
+                )
+            }
+            Ev::DiskArrive { node, life, id, op } => {
+                let reply = self.target_op(node, life, &op);
+                let d = self.rng.range(1, 15);
+                self.note(format!("n{node} disk {op:?} -> {reply:?}"));
+                self.at(
+                    self.now + d,
+                    Ev::DiskReply {
+                        node,
+                        life,
+                        id,
+                        reply,
+                    },
+                );
+            }
+            Ev::DiskReply {
+                node,
+                life,
+                id,
+                reply,
+            } => {
+                if self.nodes[&node].life == life {
+                    self.feed(node, Event::Disk { id, reply });
+                }
+            }
+            Ev::MetaArrive { node, life, epoch } => {
+                let s = &self.nodes[&node];
+                if s.life == life
+                    && !s.reconnect_pending
+                    && self.target.may_write(&nexus(node, s.session))
+                {
+                    let d = self.rng.range(0, 100);
+                    self.at(self.now + d, Ev::MetaLand { node, epoch });
+                }
+            }
+            Ev::MetaLand { node, epoch } => {
+                if epoch < self.landed_max {
+                    self.fail(format!(
+                        "node {node}'s metadata write of epoch {epoch} landed after one of epoch {}",
+                        self.landed_max
+                    ));
+                }
+                self.landed_max = epoch;
+                if let Some(w) = self.writers.insert(epoch, node)
+                    && w != node
+                {
+                    self.fail(format!(
+                        "nodes {w} and {node} both wrote metadata in epoch {epoch}"
+                    ));
+                }
+            }
+            Ev::Crash(n) => {
+                self.note(format!("n{n} CRASH"));
+                let s = self.nodes.get_mut(&n).expect("node");
+                s.node = None;
+                s.life += 1;
+                s.app = App::default();
+            }
+            Ev::Restart(n) => {
+                let now = self.now;
+                let s = self.nodes.get_mut(&n).expect("node");
+                if s.node.is_some() {
+                    return;
+                }
+                s.life += 1;
+                s.incarnation += 1;
+                // A new process: a new iSCSI session.
+                s.session += 1;
+                s.reconnect_pending = false;
+                s.next_meta = 0;
+                let peers = (1..=NODES).collect();
+                let node = Node::new(n, s.incarnation, peers, self.timing, now);
+                s.node = Some(node);
+                let inc = s.incarnation;
+                self.note(format!("n{n} START incarnation {inc}"));
+                self.feed(n, Event::Tick);
+                self.at(now + TICK, Ev::Tick(n));
+            }
+            Ev::Reconnect(n) => {
+                self.note(format!("n{n} RECONNECT"));
+                self.nodes.get_mut(&n).expect("node").reconnect_pending = true;
+            }
+            Ev::TargetRestart => {
+                self.note("TARGET RESTART".into());
+                self.target.reset();
+                for s in self.nodes.values_mut() {
+                    s.reconnect_pending = true;
+                }
+            }
+            Ev::Stall(n, until) => {
+                self.note(format!("n{n} DISK STALL until {until}"));
+                self.nodes.get_mut(&n).expect("node").stalled_until = until;
+            }
+            Ev::Cut(n, on) => {
+                self.note(format!("n{n} CUT {on}"));
+                if n == 0 {
+                    self.cut.clear();
+                    self.loss = 0;
+                } else if on {
+                    self.cut.insert(n);
+                } else {
+                    self.cut.remove(&n);
+                }
+            }
+        }
+    }
+
+    /// The target's answer to a disk operation, as tgtd gives it.
+    fn target_op(&mut self, node: NodeId, life: u32, op: &DiskOp) -> DiskReply {
+        let s = self.nodes.get_mut(&node).expect("node");
+        if s.life != life {
+            return DiskReply::PossiblyFenced;
+        }
+        if s.reconnect_pending {
+            // The session ended: the initiator reconnects on a new one and reports it.
+            s.reconnect_pending = false;
+            s.session += 1;
+            return DiskReply::PossiblyFenced;
+        }
+        let me = nexus(node, s.session);
+        let pr = |t: &mut PrState, a: PrOut| match t.apply(&me, &a) {
+            Ok(()) => DiskReply::Done,
+            Err(_) => DiskReply::Conflict,
+        };
+        match op {
+            DiskOp::Register { key } => pr(
+                &mut self.target,
+                PrOut::RegisterIgnoreExisting { new_key: *key },
+            ),
+            DiskOp::Reserve { key } => pr(
+                &mut self.target,
+                PrOut::Reserve {
+                    key: *key,
+                    kind: WE_RO,
+                },
+            ),
+            DiskOp::Preempt { key, victim } => pr(
+                &mut self.target,
+                PrOut::Preempt {
+                    key: *key,
+                    victim: *victim,
+                    kind: WE_RO,
+                    abort: false,
+                },
+            ),
+            DiskOp::ReadKeys => DiskReply::Keys(self.target.read_keys().keys),
+            DiskOp::ReadReservation => {
+                DiskReply::Holder(self.target.read_reservation().map(|h| h.key))
+            }
+            DiskOp::ReadRecord => DiskReply::Record { epoch: self.record },
+            DiskOp::WriteRecord { epoch, .. } => {
+                if self.target.may_write(&me) {
+                    self.record = *epoch;
+                    DiskReply::Done
+                } else {
+                    DiskReply::Conflict
+                }
+            }
+            DiskOp::Heartbeat { .. } => {
+                if self.target.may_write(&me) {
+                    DiskReply::Done
+                } else {
+                    DiskReply::Conflict
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, n: NodeId, ev: Event) {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&n).and_then(|s| s.node.as_mut()) else {
+            return;
+        };
+        let actions = node.handle(now, ev);
+        self.carry_out(n, actions);
+    }
+
+    fn carry_out(&mut self, n: NodeId, actions: Vec<Action>) {
+        let (life, incarnation) = {
+            let s = self.nodes.get_mut(&n).expect("node");
+            // The node raises its incarnation itself when it rejoins; the shell keeps
+            // the highest one used, so that a restart goes beyond it.
+            if let Some(node) = &s.node {
+                s.incarnation = s.incarnation.max(node.incarnation());
+            }
+            (s.life, s.incarnation)
+        };
+        for a in actions {
+            match a {
+                Action::Send { to, msg } => {
+                    if self.cut.contains(&n) || self.cut.contains(&to) {
+                        continue;
+                    }
+                    let loss = self.loss;
+                    if self.rng.chance(loss) {
+                        continue;
+                    }
+                    let d = self.rng.range(1, 30);
+                    self.at(
+                        self.now + d,
+                        Ev::Deliver {
+                            to,
+                            from: n,
+                            incarnation,
+                            msg,
+                        },
+                    );
+                }
+                Action::Disk { id, op } => {
+                    let d = self.rng.range(1, 15);
+                    self.at(
+                        self.now + d,
+                        Ev::DiskArrive {
+                            node: n,
+                            life,
+                            id,
+                            op,
+                        },
+                    );
+                }
+                Action::Granted { res, mode, .. } => {
+                    self.note(format!("n{n} GRANTED {res} {mode:?}"));
+                    let now = self.now;
+                    let s = self.nodes.get_mut(&n).expect("node");
+                    s.app.wanted.remove(&res);
+                    s.app.held.insert(res, now);
+                }
+                Action::Recall { res } => {
+                    self.note(format!("n{n} RECALL {res}"));
+                    let stubborn = self.nodes[&n].app.stubborn;
+                    if !stubborn {
+                        self.release(n, res);
+                    }
+                }
+                Action::LostAll => {
+                    let s = self.nodes.get_mut(&n).expect("node");
+                    s.app.held.clear();
+                }
+                Action::Role(r) => self.note(format!("n{n} role {r}")),
+            }
+        }
+    }
+
+    fn release(&mut self, n: NodeId, res: ResourceId) {
+        self.note(format!("n{n} RELEASE {res}"));
+        let now = self.now;
+        let s = self.nodes.get_mut(&n).expect("node");
+        s.app.held.remove(&res);
+        if let Some(node) = s.node.as_mut() {
+            let a = node.release(now, res);
+            self.carry_out(n, a);
+        }
+    }
+
+    /// The user: takes and gives back leases at random until the quiet period.
+    fn app_step(&mut self, n: NodeId) {
+        let now = self.now;
+        if now >= QUIET_START {
+            let held: Vec<ResourceId> = self.nodes[&n].app.held.keys().copied().collect();
+            for r in held {
+                self.release(n, r);
+            }
+            return;
+        }
+        if !self.rng.chance(30) {
+            return;
+        }
+        let res = self.rng.range(1, RESOURCES);
+        let s = &self.nodes[&n];
+        if let Some(since) = s.app.held.get(&res) {
+            if now - since > 200 {
+                self.release(n, res);
+            }
+            return;
+        }
+        if s.app.wanted.contains(&res) {
+            return;
+        }
+        let mode = if self.rng.chance(500) {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        };
+        let s = self.nodes.get_mut(&n).expect("node");
+        s.app.wanted.insert(res);
+        let node = s.node.as_mut().expect("alive");
+        let (_, a) = node.acquire(now, res, mode);
+        self.carry_out(n, a);
+    }
+
+    /// The coordinator writes metadata every 50 ms while it serves.
+    fn meta_step(&mut self, n: NodeId) {
+        let now = self.now;
+        let s = self.nodes.get_mut(&n).expect("node");
+        let Some(epoch) = s.node.as_ref().and_then(|x| x.serving_epoch(now)) else {
+            return;
+        };
+        if now < s.next_meta {
+            return;
+        }
+        s.next_meta = now + 50;
+        let life = s.life;
+        let d = self.rng.range(1, 15);
+        self.at(
+            self.now + d,
+            Ev::MetaArrive {
+                node: n,
+                life,
+                epoch,
+            },
+        );
+    }
+
+    fn check_leases(&self) {
+        let mut by_res: BTreeMap<ResourceId, Vec<(NodeId, Mode)>> = BTreeMap::new();
+        for (id, s) in &self.nodes {
+            if let Some(node) = &s.node {
+                for (r, m) in node.valid_leases(self.now) {
+                    by_res.entry(r).or_default().push((*id, m));
+                }
+            }
+        }
+        for (r, holders) in by_res {
+            for (i, (a, ma)) in holders.iter().enumerate() {
+                for (b, mb) in &holders[i + 1..] {
+                    if ma.conflicts(*mb) {
+                        self.fail(format!(
+                            "nodes {a} ({ma:?}) and {b} ({mb:?}) both rely on a lease of resource {r}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_end(&self) {
+        let coordinators: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, s)| {
+                s.node
+                    .as_ref()
+                    .is_some_and(|n| n.serving_epoch(self.now).is_some())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if coordinators.len() != 1 {
+            self.fail(format!(
+                "after the faults, {} serving coordinators: {coordinators:?}",
+                coordinators.len()
+            ));
+        }
+        let c = coordinators[0];
+        for (id, s) in &self.nodes {
+            let Some(n) = &s.node else { continue };
+            if *id != c && n.role() != Role::Follower(c) {
+                self.fail(format!(
+                    "node {id} is {} at the end, not a follower of {c}",
+                    n.role()
+                ));
+            }
+            if n.pending() != 0 {
+                let table = self.nodes[&c]
+                    .node
+                    .as_ref()
+                    .and_then(|x| x.lockspace_holdings());
+                self.fail(format!(
+                    "node {id} still waits for {} requests at the end; coordinator's table {table:?}; held by the users {:?}",
+                    n.pending(),
+                    self.nodes.iter().map(|(i, s)| (*i, s.app.held.keys().copied().collect::<Vec<_>>(), s.app.stubborn)).collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+}
+
+fn nexus(node: NodeId, session: u64) -> Nexus {
+    Nexus::new(format!("iqn.2026-11.io.csvfs.sim:n{node}"), session)
+}
+
+fn run_seeds(seeds: std::ops::Range<u64>) {
+    for seed in seeds {
+        World::new(seed).run();
+    }
+}
+
+/// `CSVFS_SIM_SEED=N` runs one seed (to look at a failure).
+#[test]
+fn one_seed_from_the_environment() {
+    if let Some(seed) = std::env::var("CSVFS_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        World::new(seed).run();
+    }
+}
+
+fn seed_count() -> u64 {
+    std::env::var("CSVFS_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000)
+}
+
+#[test]
+fn simulated_seeds_first_half() {
+    let n = seed_count();
+    let start = std::time::Instant::now();
+    run_seeds(0..n / 2);
+    println!("seeds 0..{}: {:?}", n / 2, start.elapsed());
+}
+
+#[test]
+fn simulated_seeds_second_half() {
+    let n = seed_count();
+    let start = std::time::Instant::now();
+    run_seeds(n / 2..n);
+    println!("seeds {}..{n}: {:?}", n / 2, start.elapsed());
+}
