@@ -96,6 +96,7 @@ struct Task {
     read: Option<ReadTarget>,
     write_len: usize,
     reader_busy: bool,
+    removing: bool,
     data_in: usize,
     r2ts: VecDeque<(u32, u32, u32)>,
     done: Option<Result<Completion, CommandError>>,
@@ -279,6 +280,7 @@ impl Session {
                     read,
                     write_len: write_data.len(),
                     reader_busy: false,
+                    removing: false,
                     data_in: 0,
                     r2ts: VecDeque::new(),
                     done: None,
@@ -380,6 +382,7 @@ impl Session {
                     read: None,
                     write_len: 0,
                     reader_busy: false,
+                    removing: false,
                     data_in: 0,
                     r2ts: VecDeque::new(),
                     done: None,
@@ -481,7 +484,8 @@ impl State {
 
 /// Removes a task, first waiting for a Data-In read into its buffer to finish.
 fn remove_task(st: &mut parking_lot::MutexGuard<'_, State>, itt: u32, cond: &Condvar) -> Task {
-    while st.tasks.get(&itt).is_some_and(|t| t.reader_busy) {
+    while let Some(t) = st.tasks.get_mut(&itt).filter(|t| t.reader_busy) {
+        t.removing = true;
         cond.wait(st);
     }
     st.tasks.remove(&itt).expect("task present")
@@ -761,7 +765,9 @@ impl Shared {
         let task = st.tasks.get_mut(&bhs.itt()).expect("a busy task stays");
         task.reader_busy = false;
         task.data_in = task.data_in.max(off + len);
-        task.cond.notify_all();
+        if task.removing {
+            task.cond.notify_all();
+        }
         drop(st);
         res?;
         if bhs.flags() & 0x01 != 0 {
