@@ -15,7 +15,7 @@ const POOL_MIN: usize = 64 << 10;
 /// Buffers kept per thread.
 const POOL_DEPTH: usize = 4;
 
-/// A heap buffer whose start is aligned to [`BUF_ALIGN`] bytes.
+/// A heap buffer whose start is aligned to 4096 bytes (`BUF_ALIGN`).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,

@@ -20,7 +20,7 @@ pub use aligned::AlignedBuf;
 pub use crash_sim::CrashSimDevice;
 pub use error::BlockError;
 pub use file::FileDevice;
-pub use lun::{LunUrl, host_lock_path, open_lun, open_lun_exclusive};
+pub use lun::{HOST_LOCK_WAIT, LunUrl, host_lock_path, open_lun, open_lun_exclusive};
 pub use overlay::OverlayDevice;
 pub use pr_state::{Nexus, PrState, PrStateError};
 pub use reservation::{PrHolder, PrKey, PrKeys, PrOut, PrRefusal, ReservationType};

@@ -2,10 +2,11 @@
 //!
 //! The types here name the PERSISTENT RESERVE OUT service actions and the answers of
 //! PERSISTENT RESERVE IN, the same for every backend: the iSCSI initiator sends them to
-//! the target, the image-file backend emulates them in a side file. [`PrState`] is the
-//! target side of the protocol with no I/O: the rules SPC-3 gives (as tgtd implements
-//! them) for who may register, reserve, preempt and write. The image-file emulation
-//! keeps one in its side file, and the cluster simulation uses it as its target.
+//! the target, the image-file backend emulates them in a side file.
+//! [`PrState`](crate::PrState) is the target side of the protocol with no I/O: the
+//! rules SPC-3 gives (as tgtd implements them) for who may register, reserve, preempt
+//! and write. The image-file emulation keeps one in its side file, and the cluster
+//! simulation uses it as its target.
 
 /// A reservation key. 0 means "no key" in SPC-3.
 pub type PrKey = u64;
