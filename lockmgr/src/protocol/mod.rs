@@ -5,6 +5,7 @@
 
 pub mod lockspace;
 pub mod node;
+pub mod range_locks;
 pub mod types;
 
 pub use node::Node;
