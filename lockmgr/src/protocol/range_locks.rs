@@ -375,7 +375,7 @@ mod tests {
             fn agrees(ops in proptest::collection::vec(op(), 1..60)) {
                 let mut r = RangeLocks::default();
                 // model[byte][owner]: None, Some(Read), Some(Write)
-                let mut model = vec![[None::<LockKind>; 3]; 64];
+                let mut model = [[None::<LockKind>; 3]; 64];
                 for op in ops {
                     match op {
                         Op::Lock(o, w, s, e) => {
