@@ -122,6 +122,20 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// The protocol's timing from these settings. A recalled lease may be kept for two
+    /// leases before its holder is fenced; a new coordinator waits five heartbeats for
+    /// the nodes' holdings.
+    pub fn protocol(&self) -> crate::protocol::Timing {
+        crate::protocol::Timing {
+            heartbeat: self.heartbeat_interval_ms,
+            lease: self.lease_ms,
+            fence: self.fence_ms,
+            drain: self.drain_ms,
+            recall: 2 * self.lease_ms,
+            report: 5 * self.heartbeat_interval_ms,
+        }
+    }
+
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
@@ -947,5 +961,12 @@ address = "[::1]:7001"
             e,
             "/etc/csvfs/cluster.toml: no [[node]]: a cluster has at least one node"
         );
+    }
+
+    #[test]
+    fn the_default_timing_satisfies_the_protocol() {
+        let t = Timing::default().protocol();
+        t.check().unwrap();
+        assert_eq!(t.lease, 2000);
     }
 }
