@@ -14,8 +14,8 @@ use crate::{BlockDevice, BlockError, FileDevice};
 pub enum LunUrl {
     /// An image file or a block device.
     Path(PathBuf),
-    /// A LUN on an iSCSI target (the URL as given, credentials included).
-    Iscsi(String),
+    /// A LUN on an iSCSI target (its Debug form leaves the CHAP secret out).
+    Iscsi(crate::iscsi::IscsiUrl),
 }
 
 impl LunUrl {
@@ -33,8 +33,9 @@ impl LunUrl {
                     ),
                 ));
             }
-            crate::iscsi::IscsiUrl::parse(s).map_err(|e| BlockError::BadLun(s.into(), e))?;
-            return Ok(LunUrl::Iscsi(s.to_string()));
+            let url =
+                crate::iscsi::IscsiUrl::parse(s).map_err(|e| BlockError::BadLun(s.into(), e))?;
+            return Ok(LunUrl::Iscsi(url));
         }
         Ok(LunUrl::Path(PathBuf::from(s)))
     }
@@ -57,11 +58,9 @@ pub fn open_lun_exclusive(s: &str, read_only: bool) -> Result<Arc<dyn BlockDevic
             Ok(Arc::new(dev))
         }
         LunUrl::Iscsi(url) => {
-            let parsed =
-                crate::iscsi::IscsiUrl::parse(&url).map_err(|e| BlockError::BadLun(s.into(), e))?;
-            let lock = iscsi_lock_file(&parsed)?;
-            wait_for_host_lock(&lock, &parsed.display_name())?;
-            let dev = crate::iscsi::IscsiDevice::open(&url)?.holding(lock);
+            let lock = iscsi_lock_file(&url)?;
+            wait_for_host_lock(&lock, &url.display_name())?;
+            let dev = crate::iscsi::IscsiDevice::open_url(url)?.holding(lock);
             Ok(Arc::new(dev))
         }
     }
@@ -90,11 +89,7 @@ fn wait_for_host_lock(f: &File, name: &str) -> Result<(), BlockError> {
 pub fn host_lock_path(s: &str) -> Result<PathBuf, BlockError> {
     match LunUrl::parse(s)? {
         LunUrl::Path(p) => Ok(p),
-        LunUrl::Iscsi(url) => {
-            let u =
-                crate::iscsi::IscsiUrl::parse(&url).map_err(|e| BlockError::BadLun(s.into(), e))?;
-            Ok(iscsi_lock_path(&u))
-        }
+        LunUrl::Iscsi(url) => Ok(iscsi_lock_path(&url)),
     }
 }
 
@@ -137,6 +132,6 @@ pub fn open_lun(s: &str, read_only: bool) -> Result<Arc<dyn BlockDevice>, BlockE
     match LunUrl::parse(s)? {
         LunUrl::Path(p) => Ok(Arc::new(FileDevice::open(&p, read_only)?)),
         // A read-only mount simply never writes; the target is not told.
-        LunUrl::Iscsi(url) => Ok(Arc::new(crate::iscsi::IscsiDevice::open(&url)?)),
+        LunUrl::Iscsi(url) => Ok(Arc::new(crate::iscsi::IscsiDevice::open_url(url)?)),
     }
 }

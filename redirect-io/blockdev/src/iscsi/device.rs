@@ -71,6 +71,11 @@ impl IscsiDevice {
     /// Logs in to the LUN at `url` and reads its size.
     pub fn open(url: &str) -> Result<IscsiDevice, BlockError> {
         let parsed = IscsiUrl::parse(url).map_err(|e| BlockError::BadLun(url.into(), e))?;
+        IscsiDevice::open_url(parsed)
+    }
+
+    /// [`IscsiDevice::open`] of a URL already parsed.
+    pub fn open_url(parsed: IscsiUrl) -> Result<IscsiDevice, BlockError> {
         let name = parsed.display_name();
         let session = Session::open(parsed).map_err(|e| BlockError::Io {
             op: "login",
@@ -202,8 +207,7 @@ impl IscsiDevice {
             return Ok(());
         };
         let generation = self.session.generation();
-        let keys = self.persistent_reserve_in(0, false)?;
-        let keys = scsi::decode_read_keys(&keys).map_err(|e| self.protocol(e))?;
+        let keys = self.keys(false)?;
         let mut slot = self.registration.lock();
         if keys.keys.contains(&reg.key) {
             if let Some(r) = slot.as_mut().filter(|r| r.key == reg.key) {
@@ -360,6 +364,12 @@ impl IscsiDevice {
         }
     }
 
+    /// READ KEYS; `recheck` as in [`Self::command_checked`].
+    fn keys(&self, recheck: bool) -> Result<PrKeys, BlockError> {
+        let d = self.persistent_reserve_in(0, recheck)?;
+        scsi::decode_read_keys(&d).map_err(|e| self.protocol(e))
+    }
+
     fn persistent_reserve_in(
         &self,
         service_action: u8,
@@ -485,8 +495,7 @@ impl BlockDevice for IscsiDevice {
     }
 
     fn read_keys(&self) -> Result<PrKeys, BlockError> {
-        let d = self.persistent_reserve_in(0, true)?;
-        scsi::decode_read_keys(&d).map_err(|e| self.protocol(e))
+        self.keys(true)
     }
 
     fn read_reservation(&self) -> Result<Option<PrHolder>, BlockError> {

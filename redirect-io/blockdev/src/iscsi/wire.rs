@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 
-use super::pdu::{BHS_LEN, Bhs, PduError};
+use super::pdu::{BHS_LEN, Bhs};
 
 const PAD: [u8; 4] = [0; 4];
 
@@ -55,30 +55,10 @@ pub fn skip(r: &mut impl Read, n: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// A protocol error as an `io::Error` of kind `InvalidData`.
-pub fn invalid(e: impl Into<PduErrorOrText>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.into().0)
-}
-
-/// The text of a protocol error (a [`PduError`] or a message).
-pub struct PduErrorOrText(pub String);
-
-impl From<PduError> for PduErrorOrText {
-    fn from(e: PduError) -> Self {
-        PduErrorOrText(e.to_string())
-    }
-}
-
-impl From<String> for PduErrorOrText {
-    fn from(s: String) -> Self {
-        PduErrorOrText(s)
-    }
-}
-
-impl From<&str> for PduErrorOrText {
-    fn from(s: &str) -> Self {
-        PduErrorOrText(s.to_string())
-    }
+/// A protocol error (a [`PduError`](super::pdu::PduError) or a message) as an `io::Error` of kind
+/// `InvalidData`.
+pub fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
 #[cfg(test)]
