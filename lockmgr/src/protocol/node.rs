@@ -66,7 +66,8 @@ struct Coordination {
     waiting_reports: BTreeSet<NodeId>,
     report_deadline: Millis,
     barrier: Millis,
-    early: Vec<(NodeId, Waiter, ResourceId)>,
+    /// Requests that came while the lockspace was being rebuilt.
+    early: Vec<(Waiter, ResourceId)>,
     last_ack: BTreeMap<NodeId, Millis>,
     fencing: BTreeSet<NodeId>,
     fenced: BTreeMap<NodeId, u32>,
@@ -404,7 +405,6 @@ impl Node {
         }
         for (req, (res, mode, sent)) in &self.pending {
             c.early.push((
-                self.id,
                 Waiter {
                     node: self.id,
                     req: *req,
@@ -454,8 +454,8 @@ impl Node {
                 self.last_heard.insert(p, now.max(self.heard(p)));
             }
             let early = std::mem::take(&mut self.coord.as_mut().expect("coordinating").early);
-            for (node, w, res) in early {
-                self.lockspace_acquire(now, node, res, w);
+            for (w, res) in early {
+                self.lockspace_acquire(now, res, w);
             }
         }
     }
@@ -576,10 +576,10 @@ impl Node {
                     sent,
                 };
                 match self.phase {
-                    Phase::Coordinator => self.lockspace_acquire(now, from, res, w),
+                    Phase::Coordinator => self.lockspace_acquire(now, res, w),
                     Phase::Rebuilding => {
                         if let Some(c) = self.coord.as_mut() {
-                            c.early.push((from, w, res));
+                            c.early.push((w, res));
                         }
                     }
                     _ => {}
@@ -666,7 +666,6 @@ impl Node {
                 });
                 for (req, res, mode, sent) in pending {
                     c.early.push((
-                        from,
                         Waiter {
                             node: from,
                             req,
@@ -733,12 +732,11 @@ impl Node {
                     mode,
                     sent,
                 };
-                self.lockspace_acquire(now, self.id, res, w);
+                self.lockspace_acquire(now, res, w);
             }
             Phase::Rebuilding => {
                 if let Some(c) = self.coord.as_mut() {
                     c.early.push((
-                        self.id,
                         Waiter {
                             node: self.id,
                             req,
@@ -805,7 +803,7 @@ impl Node {
         }
     }
 
-    fn lockspace_acquire(&mut self, now: Millis, _from: NodeId, res: ResourceId, w: Waiter) {
+    fn lockspace_acquire(&mut self, now: Millis, res: ResourceId, w: Waiter) {
         let c = self.coord.as_mut().expect("coordinating");
         let d = c.lockspace.acquire(res, w, now, self.timing.recall);
         self.apply(now, d);
