@@ -8,5 +8,6 @@ pub mod fuse_fs;
 pub mod inodes;
 pub mod mount;
 pub mod mount_helper;
+pub mod node;
 pub mod options;
 pub mod times;

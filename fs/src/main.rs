@@ -1,7 +1,8 @@
-//! `csvfs`: the csvfs node daemon. Today it mounts a volume on one node; the cluster
-//! node (`csvfs node`) joins it when the lock manager lands.
+//! `csvfs`: the csvfs node daemon. `csvfs mount` mounts a volume on one node;
+//! `csvfs node` runs a cluster node (today its lock manager: election, fencing,
+//! leases, the control socket; the cluster mount comes with the multi-node volume).
 
-use csvfs::{mount, mount_helper, options};
+use csvfs::{mount, mount_helper, node, options};
 
 use std::path::PathBuf;
 
@@ -38,6 +39,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
+    /// Run a cluster node: join the cluster and run the lock manager of every volume
+    /// of the configuration (reservation key, disk heartbeat, coordinator election,
+    /// leases), serving the control socket <root>/run/csvfs/<name>.sock. Stops on
+    /// SIGTERM or SIGINT.
+    Node {
+        /// The cluster configuration.
+        #[arg(long, default_value = lockmgr::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// This node's name in the configuration.
+        #[arg(long)]
+        name: String,
+        /// The directory that stands for / (run and state files).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 fn main() {
@@ -50,6 +66,10 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Node { config, name, root } => {
+            init_logging();
+            node::run(node::NodeRequest { config, name, root })
+        }
         Command::Mount {
             lun,
             mountpoint,
@@ -70,4 +90,14 @@ fn main() {
         eprintln!("csvfs: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CSVFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

@@ -12,9 +12,9 @@
 //!
 //! [timing]
 //! heartbeat_interval_ms = 200
-//! lease_ms = 2000            # T_lease
-//! fence_ms = 3000            # T_fence
-//! drain_ms = 500
+//! lease_ms = 1500            # T_lease
+//! fence_ms = 2000            # T_fence
+//! drain_ms = 300
 //!
 //! [[node]]
 //! name = "n1"
@@ -84,10 +84,10 @@ pub struct Config {
 }
 
 /// `[timing]`: intervals in milliseconds. They must satisfy
-/// `heartbeat_interval_ms * 2 < lease_ms < fence_ms`: a node stops granting leases
-/// and serving cached data (T_lease) strictly before its peers may fence it
-/// (T_fence), and a lease outlives at least two heartbeats, so that one lost
-/// heartbeat does not cost a lease.
+/// `3 × heartbeat_interval_ms <= lease_ms < fence_ms - heartbeat_interval_ms`: a node
+/// stops granting leases and serving cached data (T_lease) at least a heartbeat
+/// before its peers may fence it (T_fence), and a lease outlives at least three
+/// heartbeats, so that one lost heartbeat does not cost a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timing {
@@ -96,16 +96,16 @@ pub struct Timing {
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
     /// `lease_ms` (T_lease): a node that has heard from none of its peers for this
-    /// long stops granting leases and serving cached data. Default 2000.
+    /// long stops granting leases and serving cached data. Default 1500.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// `fence_ms` (T_fence): a node silent to its peers for this long is fenced.
-    /// Default 3000.
+    /// Default 2000.
     #[serde(default = "default_fence_ms")]
     pub fence_ms: u64,
     /// `drain_ms`: how long a node that took over a volume waits after its PREEMPT
     /// before its first write, for writes of the old holder still in flight (tgtd
-    /// has no PREEMPT AND ABORT). Default 500.
+    /// has no PREEMPT AND ABORT). Default 300.
     #[serde(default = "default_drain_ms")]
     pub drain_ms: u64,
 }
@@ -193,13 +193,13 @@ fn default_heartbeat_ms() -> u64 {
     200
 }
 fn default_lease_ms() -> u64 {
-    2000
+    1500
 }
 fn default_fence_ms() -> u64 {
-    3000
+    2000
 }
 fn default_drain_ms() -> u64 {
-    500
+    300
 }
 
 /// Why a configuration could not be loaded. Each displays as one line that names
@@ -259,9 +259,9 @@ pub enum Problem {
     /// `timing.heartbeat_interval_ms` is 0.
     #[error("timing.heartbeat_interval_ms must be at least 1")]
     HeartbeatZero,
-    /// `timing.lease_ms` leaves room for fewer than two heartbeats.
+    /// `timing.lease_ms` is shorter than three heartbeats.
     #[error(
-        "timing.lease_ms ({lease_ms}) must be more than twice timing.heartbeat_interval_ms ({heartbeat_ms})"
+        "timing.lease_ms ({lease_ms}) must be at least three times timing.heartbeat_interval_ms ({heartbeat_ms})"
     )]
     LeaseTooShort {
         /// T_lease.
@@ -269,15 +269,17 @@ pub enum Problem {
         /// The heartbeat interval.
         heartbeat_ms: u64,
     },
-    /// `timing.fence_ms` is not after `timing.lease_ms`.
+    /// `timing.fence_ms` is not after `timing.lease_ms` plus a heartbeat.
     #[error(
-        "timing.fence_ms ({fence_ms}) must be more than timing.lease_ms ({lease_ms}): a node must stop serving before it can be fenced"
+        "timing.fence_ms ({fence_ms}) must be more than timing.lease_ms plus timing.heartbeat_interval_ms ({lease_ms} + {heartbeat_ms}): a node must stop serving before it can be fenced"
     )]
     FenceNotAfterLease {
         /// T_fence.
         fence_ms: u64,
         /// T_lease.
         lease_ms: u64,
+        /// The heartbeat interval.
+        heartbeat_ms: u64,
     },
     /// There is no `[[node]]`.
     #[error("no [[node]]: a cluster has at least one node")]
@@ -426,16 +428,17 @@ impl Config {
         if t.heartbeat_interval_ms == 0 {
             return Err(Problem::HeartbeatZero);
         }
-        if t.lease_ms <= t.heartbeat_interval_ms.saturating_mul(2) {
+        if t.lease_ms < t.heartbeat_interval_ms.saturating_mul(3) {
             return Err(Problem::LeaseTooShort {
                 lease_ms: t.lease_ms,
                 heartbeat_ms: t.heartbeat_interval_ms,
             });
         }
-        if t.fence_ms <= t.lease_ms {
+        if t.fence_ms <= t.lease_ms.saturating_add(t.heartbeat_interval_ms) {
             return Err(Problem::FenceNotAfterLease {
                 fence_ms: t.fence_ms,
                 lease_ms: t.lease_ms,
+                heartbeat_ms: t.heartbeat_interval_ms,
             });
         }
         if self.nodes.is_empty() {
@@ -857,14 +860,14 @@ address = "[::1]:7001"
             }
         );
         assert!(p.to_string().contains("timing.lease_ms"), "{p}");
-        let p = problem(&timing(100, 1000, 1000));
+        let p = problem(&timing(100, 1000, 1100));
         assert!(matches!(p, Problem::FenceNotAfterLease { .. }), "{p}");
-        assert!(p.to_string().contains("timing.fence_ms (1000)"), "{p}");
+        assert!(p.to_string().contains("timing.fence_ms (1100)"), "{p}");
         assert!(matches!(
             problem(&timing(100, 1000, 900)),
             Problem::FenceNotAfterLease { .. }
         ));
-        assert!(parse(&timing(100, 201, 202)).is_ok());
+        assert!(parse(&timing(100, 300, 401)).is_ok());
     }
 
     #[test]
@@ -967,6 +970,6 @@ address = "[::1]:7001"
     fn the_default_timing_satisfies_the_protocol() {
         let t = Timing::default().protocol();
         t.check().unwrap();
-        assert_eq!(t.lease, 2000);
+        assert_eq!(t.lease, 1500);
     }
 }

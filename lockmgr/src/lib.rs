@@ -15,10 +15,14 @@
 //! core (election, leases) is sans-IO and is driven through it by a thin shell. This
 //! crate knows nothing of file system semantics.
 
+pub mod cluster_region;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod protocol;
+pub mod shell;
 pub mod transport;
+pub mod wire;
 
 pub use config::{
     Config, ConfigError, DEFAULT_CONFIG_PATH, NodeConfig, Problem, Timing, VolumeConfig,

@@ -506,7 +506,7 @@ fn reserved_ports() -> &'static Mutex<HashSet<u16>> {
 }
 
 /// A random free port in `lo..=hi` that no other fixture of this process holds.
-fn reserve_port(lo: u16, hi: u16) -> u16 {
+pub(crate) fn reserve_port(lo: u16, hi: u16) -> u16 {
     let mut reserved = reserved_ports().lock().expect("port registry");
     for _ in 0..1000 {
         let random = std::collections::hash_map::RandomState::new()
@@ -531,7 +531,8 @@ fn release_port(port: u16) {
 /// True when a listener could bind 127.0.0.1:`port` now. Like tgtd, std binds with
 /// SO_REUSEADDR, so connections in TIME_WAIT do not count.
 fn port_is_free(port: u16) -> bool {
-    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok()
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
 }
 
 /// The ports tgtd may listen on: below the kernel's ephemeral range, so no outgoing
@@ -550,7 +551,7 @@ fn iscsi_port_range() -> (u16, u16) {
 /// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so every child
 /// is forked by one thread that lives as long as the process; a test that restarts the
 /// target from a short-lived thread would otherwise lose the daemon with that thread.
-fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {

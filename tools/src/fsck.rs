@@ -25,6 +25,7 @@ pub struct FsckArgs {
 pub fn run(args: FsckArgs) -> Result<i32> {
     let dev = open_lun_exclusive(&args.lun, !args.repair)?;
     let name = dev.name().to_string();
+    crate::in_use::refuse_if_in_use(dev.as_ref())?;
     let report = metadata::fsck::check(dev, args.repair).map_err(|e| anyhow::anyhow!("{e}"))?;
     for p in &report.problems {
         println!("{}: {p}", name);

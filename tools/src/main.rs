@@ -3,8 +3,10 @@
 
 mod cluster;
 mod fsck;
+mod in_use;
 mod mkfs;
 mod size;
+mod volume;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,9 @@ enum Command {
     /// Node administration.
     #[command(subcommand)]
     Node(cluster::NodeCommand),
+    /// Volume administration.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 fn program_name() -> String {
@@ -68,6 +73,14 @@ fn main() {
             }
             Command::Node(cluster::NodeCommand::Add(a)) => {
                 exit_on_error("csvctl node add", cluster::add(a));
+                0
+            }
+            Command::Volume(volume::VolumeCommand::Create(a)) => {
+                exit_on_error("csvctl volume create", volume::create(a));
+                0
+            }
+            Command::Volume(volume::VolumeCommand::Status(a)) => {
+                exit_on_error("csvctl volume status", volume::status(a));
                 0
             }
         },

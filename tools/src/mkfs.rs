@@ -19,24 +19,37 @@ pub struct MkfsArgs {
     /// The volume's label; it is mounted at /ClusterStorage/<label>.
     #[arg(short = 'L', long, default_value = "Volume1")]
     pub label: String,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Print nothing but errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// How to format, for mkfs and `csvctl volume create`.
+#[derive(clap::Args, Debug)]
+pub struct FormatArgs {
     /// Create or grow the image file to this size (e.g. 2G).
     #[arg(long)]
     pub size: Option<String>,
     /// Size of the metadata region (default: 1/32 of the LUN, 64M to 64G).
     #[arg(long, value_name = "SIZE")]
     pub metadata_size: Option<String>,
-    /// Overwrite a LUN that already holds a csvfs volume.
+    /// Overwrite a LUN that already holds a csvfs volume (refused while cluster nodes
+    /// use it: while its disk heartbeats advance).
     #[arg(short = 'f', long)]
     pub force: bool,
-    /// Print nothing but errors.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
 }
 
 /// Runs mkfs.
 pub fn run(args: MkfsArgs) -> Result<()> {
-    let size = args.size.as_deref().map(parse_size).transpose()?;
-    let metadata_bytes = args.metadata_size.as_deref().map(parse_size).transpose()?;
+    let size = args.format.size.as_deref().map(parse_size).transpose()?;
+    let metadata_bytes = args
+        .format
+        .metadata_size
+        .as_deref()
+        .map(parse_size)
+        .transpose()?;
     let lun = args.lun.as_str();
     let path = match LunUrl::parse(lun)? {
         LunUrl::Path(p) => Some(p),
@@ -57,12 +70,15 @@ pub fn run(args: MkfsArgs) -> Result<()> {
     }
     let dev = open_lun_exclusive(lun, false)?;
     let name = dev.name().to_string();
+    if args.format.force {
+        crate::in_use::refuse_if_in_use(dev.as_ref())?;
+    }
     let sb = Volume::format(
         dev,
         &FormatOptions {
             label: args.label.clone(),
             metadata_bytes,
-            force: args.force,
+            force: args.format.force,
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

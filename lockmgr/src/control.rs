@@ -1,0 +1,285 @@
+//! The node daemon's control socket (`/run/csvfs/<node>.sock`, root only), through
+//! which `csvctl` and `vmm` talk to the daemon of their host: one JSON request per
+//! line, one JSON response per line.
+//!
+//! Leases taken through a connection are the connection's: they are released when it
+//! closes, and given back as soon as they are recalled (a control client has nothing
+//! to flush).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::warn;
+
+use crate::protocol::{Mode, ResourceId};
+use crate::shell::{Shell, VolumeStatus};
+
+/// The control socket of node `node` under the run directory `run_dir`.
+pub fn socket_path(run_dir: &Path, node: &str) -> PathBuf {
+    run_dir.join(format!("{node}.sock"))
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Request {
+    /// The node's state.
+    Status,
+    /// A lease on a named resource of a volume's lockspace.
+    Acquire {
+        /// The volume's label.
+        volume: String,
+        /// The resource's name.
+        resource: String,
+        /// True for an exclusive lease.
+        exclusive: bool,
+        /// How long to wait for the grant.
+        timeout_ms: u64,
+    },
+    /// Gives a lease back.
+    Release {
+        /// The volume's label.
+        volume: String,
+        /// The resource's name.
+        resource: String,
+    },
+}
+
+/// A node's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's name.
+    pub node: String,
+    /// Its id.
+    pub id: u8,
+    /// Its process id.
+    pub pid: u32,
+    /// Each volume's state.
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum Response {
+    /// The node's state.
+    Status(NodeStatus),
+    /// The lease is granted in this epoch.
+    Granted {
+        /// The grant's epoch (the fencing token).
+        epoch: u64,
+    },
+    /// Done.
+    Done,
+    /// The request failed; the message says why and what to do.
+    Error {
+        /// One line.
+        message: String,
+    },
+}
+
+/// The resource id of a resource name.
+pub fn resource_id(name: &str) -> ResourceId {
+    let h = blake3::hash(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Serves the control socket at `path` (replacing a stale one) until the process
+/// ends. The socket is made root only (mode 0600).
+pub fn serve(shell: Arc<Shell>, path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_client(shell.clone(), stream));
+                }
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn serve_client(shell: Arc<Shell>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let mut held: BTreeSet<(String, ResourceId)> = BTreeSet::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(r) => answer(&shell, r, &mut held).await,
+            Err(e) => Response::Error {
+                message: format!("bad control request: {e}"),
+            },
+        };
+        let mut out = serde_json::to_string(&response).unwrap_or_default();
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    for (volume, res) in held {
+        if let Some(v) = shell.volume(&volume) {
+            v.release(res);
+        }
+    }
+}
+
+async fn answer(
+    shell: &Shell,
+    request: Request,
+    held: &mut BTreeSet<(String, ResourceId)>,
+) -> Response {
+    let no_volume = |v: &str| Response::Error {
+        message: format!(
+            "node {} serves no volume {v:?}: see `csvctl volume status`",
+            shell.node()
+        ),
+    };
+    match request {
+        Request::Status => Response::Status(NodeStatus {
+            node: shell.node().to_string(),
+            id: shell.id(),
+            pid: std::process::id(),
+            volumes: shell.status(),
+        }),
+        Request::Acquire {
+            volume,
+            resource,
+            exclusive,
+            timeout_ms,
+        } => {
+            let Some(v) = shell.volume(&volume) else {
+                return no_volume(&volume);
+            };
+            let res = resource_id(&resource);
+            let mode = if exclusive {
+                Mode::Exclusive
+            } else {
+                Mode::Shared
+            };
+            match v
+                .acquire(res, mode, true, Duration::from_millis(timeout_ms))
+                .await
+            {
+                Ok(epoch) => {
+                    held.insert((volume, res));
+                    Response::Granted { epoch }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            }
+        }
+        Request::Release { volume, resource } => {
+            let Some(v) = shell.volume(&volume) else {
+                return no_volume(&volume);
+            };
+            let res = resource_id(&resource);
+            v.release(res);
+            held.remove(&(volume, res));
+            Response::Done
+        }
+    }
+}
+
+/// A blocking client of a node's control socket.
+pub struct Client {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    path: PathBuf,
+}
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error(
+        "cannot reach the node daemon at {path}: {source} (is `csvfs node` running on this host?)"
+    )]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The conversation broke off.
+    #[error("the node daemon at {path} stopped answering: {what}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        what: String,
+    },
+    /// The daemon said no.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+            ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Sends one request and reads its response; an `Error` response is
+    /// [`ClientError::Refused`].
+    pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let io = |what: String| ClientError::Io {
+            path: self.path.clone(),
+            what,
+        };
+        let mut line = serde_json::to_string(request).map_err(|e| io(e.to_string()))?;
+        line.push('\n');
+        self.reader
+            .get_mut()
+            .write_all(line.as_bytes())
+            .map_err(|e| io(e.to_string()))?;
+        let mut answer = String::new();
+        let n = self
+            .reader
+            .read_line(&mut answer)
+            .map_err(|e| io(e.to_string()))?;
+        if n == 0 {
+            return Err(io("connection closed".into()));
+        }
+        match serde_json::from_str(&answer).map_err(|e| io(format!("bad answer: {e}")))? {
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            r => Ok(r),
+        }
+    }
+
+    /// The node's state.
+    pub fn status(&mut self) -> Result<NodeStatus, ClientError> {
+        match self.request(&Request::Status)? {
+            Response::Status(s) => Ok(s),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
+        }
+    }
+}

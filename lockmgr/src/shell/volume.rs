@@ -1,0 +1,414 @@
+//! One volume's lock manager on one node: the task that drives the sans-IO
+//! [`Node`] with the clock, the peers' messages and the disk's replies, and carries
+//! out what it asks; the disk thread that runs its disk operations one at a time;
+//! and the handle through which the node's users (the file system, the control
+//! socket) acquire and release leases and watch the role.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{error, info};
+
+use super::lun_disk::LunDisk;
+use super::peers::{Inbound, Peers};
+use crate::protocol::{
+    Action, DiskOp, DiskReply, Epoch, Event, Millis, Mode, Node, NodeId, ResourceId, Role, Timing,
+};
+use crate::wire::Frame;
+
+/// What a volume's users are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// The coordinator wants this lease back: flush, drop caches, release.
+    Recall(ResourceId),
+    /// Every lease is gone: drop every cache.
+    LostAll,
+}
+
+/// A volume's state as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// The label.
+    pub label: String,
+    /// The role, in words.
+    pub role: String,
+    /// The coordinating node, if known.
+    pub coordinator: Option<NodeId>,
+    /// The epoch this node knows.
+    pub epoch: Epoch,
+    /// This node's incarnation.
+    pub incarnation: u32,
+    /// This node's reservation key.
+    pub key: u64,
+    /// True while this node coordinates and may write the metadata.
+    pub serving: bool,
+    /// Leases this node may rely on now.
+    pub leases: usize,
+    /// Leases in the lockspace (on the coordinator).
+    pub lockspace: Option<usize>,
+    /// When the role last changed, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
+enum Command {
+    Acquire {
+        res: ResourceId,
+        mode: Mode,
+        auto_release: bool,
+        done: oneshot::Sender<Epoch>,
+    },
+    Release {
+        res: ResourceId,
+    },
+}
+
+/// The handle of a running volume service.
+#[derive(Clone)]
+pub struct VolumeHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<VolumeStatus>,
+    events: broadcast::Sender<LeaseEvent>,
+}
+
+/// Why a lease was not granted.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The volume's service stopped.
+    #[error("the lock manager of this volume stopped")]
+    Stopped,
+    /// No grant in time.
+    #[error(
+        "no grant within {0:?}: the volume has no serving coordinator, or the lease is held elsewhere"
+    )]
+    Timeout(Duration),
+}
+
+impl VolumeHandle {
+    /// Asks for a lease on `res` and waits for it; returns the epoch of the grant (the
+    /// fencing token). With `auto_release` the service gives the lease back as soon as
+    /// it is recalled (for holders with nothing to flush).
+    pub async fn acquire(
+        &self,
+        res: ResourceId,
+        mode: Mode,
+        auto_release: bool,
+        within: Duration,
+    ) -> Result<Epoch, LeaseError> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Acquire {
+                res,
+                mode,
+                auto_release,
+                done,
+            })
+            .map_err(|_| LeaseError::Stopped)?;
+        match tokio::time::timeout(within, rx).await {
+            Ok(Ok(epoch)) => Ok(epoch),
+            Ok(Err(_)) => Err(LeaseError::Stopped),
+            Err(_) => {
+                let _ = self.commands.send(Command::Release { res });
+                Err(LeaseError::Timeout(within))
+            }
+        }
+    }
+
+    /// Gives a lease back.
+    pub fn release(&self, res: ResourceId) {
+        let _ = self.commands.send(Command::Release { res });
+    }
+
+    /// The volume's state now.
+    pub fn status(&self) -> VolumeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes.
+    pub fn watch(&self) -> watch::Receiver<VolumeStatus> {
+        self.status.clone()
+    }
+
+    /// A receiver of recalls and losses.
+    pub fn events(&self) -> broadcast::Receiver<LeaseEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// What a volume service needs to start.
+pub struct VolumeSetup {
+    /// The label.
+    pub label: String,
+    /// This node's id.
+    pub node: NodeId,
+    /// Every node's id.
+    pub members: Vec<NodeId>,
+    /// The protocol's timing.
+    pub timing: Timing,
+    /// The LUN.
+    pub disk: Arc<LunDisk>,
+    /// Where this node keeps the volume's last incarnation.
+    pub incarnation_file: PathBuf,
+}
+
+/// Starts a volume's service: reads and raises the incarnation (the larger of the
+/// file's and the LUN slot's, plus one), and spawns the task and the disk thread.
+pub fn start(
+    setup: VolumeSetup,
+    peers: Peers,
+    inbox: mpsc::UnboundedReceiver<Inbound>,
+    clock: Instant,
+) -> std::io::Result<VolumeHandle> {
+    let from_file = std::fs::read_to_string(&setup.incarnation_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let from_lun = setup
+        .disk
+        .region()
+        .read_slot(setup.node)
+        .ok()
+        .flatten()
+        .map_or(0, |s| s.incarnation);
+    let incarnation = from_file.max(from_lun) + 1;
+    save_incarnation(&setup.incarnation_file, incarnation)?;
+
+    let now = millis(clock);
+    let node = Node::new(
+        setup.node,
+        incarnation,
+        setup.members.clone(),
+        setup.timing,
+        now,
+    );
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    let (disk_tx, disk_rx) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(256);
+    let (status_tx, status) = watch::channel(VolumeStatus {
+        label: setup.label.clone(),
+        role: Role::Joining.to_string(),
+        coordinator: None,
+        epoch: 0,
+        incarnation,
+        key: node.key(),
+        serving: false,
+        leases: 0,
+        lockspace: None,
+        since_ms: super::lun_disk::wall_clock_ms(),
+    });
+    let (op_tx, op_rx) = std::sync::mpsc::channel::<(u64, DiskOp, u32)>();
+    let disk = setup.disk.clone();
+    let label = setup.label.clone();
+    std::thread::Builder::new()
+        .name(format!("disk-{label}"))
+        .spawn(move || {
+            while let Ok((id, op, incarnation)) = op_rx.recv() {
+                let reply = disk.run(&op, incarnation);
+                if disk_tx.send((id, reply)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let task = VolumeTask {
+        label: setup.label,
+        node,
+        clock,
+        peers,
+        disk_ops: op_tx,
+        incarnation_file: setup.incarnation_file,
+        waiting: BTreeMap::new(),
+        auto_release: BTreeSet::new(),
+        events: events.clone(),
+        status: status_tx,
+        coordinator: None,
+    };
+    tokio::spawn(task.run(command_rx, inbox, disk_rx));
+    Ok(VolumeHandle {
+        commands,
+        status,
+        events,
+    })
+}
+
+fn save_incarnation(path: &PathBuf, incarnation: u32) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{incarnation}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn millis(clock: Instant) -> Millis {
+    clock.elapsed().as_millis() as Millis
+}
+
+struct VolumeTask {
+    label: String,
+    node: Node,
+    clock: Instant,
+    peers: Peers,
+    disk_ops: std::sync::mpsc::Sender<(u64, DiskOp, u32)>,
+    incarnation_file: PathBuf,
+    waiting: BTreeMap<ResourceId, Vec<oneshot::Sender<Epoch>>>,
+    auto_release: BTreeSet<ResourceId>,
+    events: broadcast::Sender<LeaseEvent>,
+    status: watch::Sender<VolumeStatus>,
+    coordinator: Option<NodeId>,
+}
+
+impl VolumeTask {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut inbox: mpsc::UnboundedReceiver<Inbound>,
+        mut disk: mpsc::UnboundedReceiver<(u64, DiskReply)>,
+    ) {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let actions = tokio::select! {
+                _ = ticker.tick() => self.node.handle(self.now(), Event::Tick),
+                Some(m) = inbox.recv() => self.node.handle(self.now(), Event::Message {
+                    from: m.from,
+                    incarnation: m.incarnation,
+                    msg: m.msg,
+                }),
+                Some((id, reply)) = disk.recv() => {
+                    self.node.handle(self.now(), Event::Disk { id, reply })
+                }
+                c = commands.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+            };
+            self.carry_out(actions);
+        }
+    }
+
+    fn now(&self) -> Millis {
+        millis(self.clock)
+    }
+
+    fn command(&mut self, c: Command) -> Vec<Action> {
+        let now = self.now();
+        match c {
+            Command::Acquire {
+                res,
+                mode,
+                auto_release,
+                done,
+            } => {
+                if auto_release {
+                    self.auto_release.insert(res);
+                }
+                if self.node.valid_leases(now).contains(&(res, mode)) {
+                    let _ = done.send(self.node.epoch());
+                    return Vec::new();
+                }
+                self.waiting.entry(res).or_default().push(done);
+                self.node.acquire(now, res, mode).1
+            }
+            Command::Release { res } => {
+                self.auto_release.remove(&res);
+                self.waiting.remove(&res);
+                self.node.release(now, res)
+            }
+        }
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        let mut more = actions;
+        while !more.is_empty() {
+            let mut next = Vec::new();
+            for a in more {
+                next.extend(self.action(a));
+            }
+            more = next;
+        }
+        self.publish();
+    }
+
+    fn action(&mut self, a: Action) -> Vec<Action> {
+        match a {
+            Action::Send { to, msg } => {
+                self.peers.send(
+                    to,
+                    &Frame::Volume {
+                        volume: self.label.clone(),
+                        incarnation: self.node.incarnation(),
+                        msg,
+                    },
+                );
+            }
+            Action::Disk { id, op } => {
+                let incarnation = self.node.incarnation();
+                if let Err(e) = save_incarnation(&self.incarnation_file, incarnation) {
+                    error!(volume = self.label, error = %e, "cannot record the incarnation");
+                }
+                let _ = self.disk_ops.send((id, op, incarnation));
+            }
+            Action::Granted { res, .. } => {
+                for w in self.waiting.remove(&res).unwrap_or_default() {
+                    let _ = w.send(self.node.epoch());
+                }
+            }
+            Action::Recall { res } => {
+                if self.auto_release.remove(&res) {
+                    return self.node.release(self.now(), res);
+                }
+                let _ = self.events.send(LeaseEvent::Recall(res));
+            }
+            Action::LostAll => {
+                self.auto_release.clear();
+                let _ = self.events.send(LeaseEvent::LostAll);
+            }
+            Action::Role(role) => {
+                self.coordinator = match role {
+                    Role::Follower(c) => Some(c),
+                    Role::Coordinator(_) => Some(self.node.id()),
+                    _ => None,
+                };
+                info!(volume = self.label, incarnation = self.node.incarnation(), %role, "role");
+                self.status.send_modify(|s| {
+                    s.since_ms = super::lun_disk::wall_clock_ms();
+                });
+            }
+        }
+        Vec::new()
+    }
+
+    fn publish(&self) {
+        let now = self.now();
+        let node = &self.node;
+        let next = VolumeStatus {
+            label: self.label.clone(),
+            role: node.role().to_string(),
+            coordinator: self.coordinator,
+            epoch: node.epoch(),
+            incarnation: node.incarnation(),
+            key: node.key(),
+            serving: node.serving_epoch(now).is_some(),
+            leases: node.valid_leases(now).len(),
+            lockspace: node.lockspace_holdings().map(|h| h.len()),
+            since_ms: self.status.borrow().since_ms,
+        };
+        self.status.send_if_modified(|s| {
+            if *s != next {
+                *s = next;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// How often the task gives the state machine the time: well under a heartbeat, so
+/// that its timers fire close to when it wants them.
+const TICK_MS: u64 = 20;

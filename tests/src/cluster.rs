@@ -1,0 +1,227 @@
+//! A cluster of real `csvfs node` processes on 127.0.0.1: its configuration and
+//! certificates made by `csvctl cluster init`, its volume by `csvctl volume create`,
+//! each node with its own root directory (control socket, state files) and log.
+//! Every node still running is stopped (SIGTERM, then SIGKILL) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockmgr::control::{Client, NodeStatus};
+use lockmgr::shell::VolumeStatus;
+
+use crate::tgtd::{reserve_port, spawn_tied_to_process};
+use crate::{bin, run_ok};
+
+/// One node process.
+pub struct ClusterNode {
+    /// The node's name (n1, n2, ...).
+    pub name: String,
+    /// Its directory standing for /.
+    pub root: PathBuf,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of node processes sharing one volume.
+pub struct Cluster {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The volume's label.
+    pub label: String,
+    /// The nodes, n1 first.
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl Cluster {
+    /// Makes a cluster of `n` nodes in `dir` with volume `label` on `lun` (formatted
+    /// here, as `lun` is given to mkfs: an image file is made 256 MiB), and starts
+    /// every node.
+    pub fn start(dir: &Path, n: usize, label: &str, lun: &str) -> Cluster {
+        let mut args: Vec<String> = vec![
+            "cluster".into(),
+            "init".into(),
+            "--name".into(),
+            "test".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
+        for i in 1..=n {
+            args.push("--node".into());
+            args.push(format!("n{i}=127.0.0.1:{}", reserve_port(20_000, 30_000)));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_ok(&bin("csvctl"), &refs);
+        let config = dir.join("cluster.toml");
+        let config_s = config.display().to_string();
+        let mut create = vec![
+            "volume", "create", label, "--lun", lun, "--config", &config_s,
+        ];
+        if !lun.starts_with("iscsi://") {
+            create.extend_from_slice(&["--size", "256M"]);
+        }
+        run_ok(&bin("csvctl"), &create);
+        let mut cluster = Cluster {
+            config,
+            label: label.to_string(),
+            nodes: Vec::new(),
+        };
+        for i in 1..=n {
+            let name = format!("n{i}");
+            let root = dir.join(format!("root-{name}"));
+            std::fs::create_dir_all(&root).expect("node root");
+            let log = dir.join(format!("{name}.log"));
+            let mut node = ClusterNode {
+                name,
+                root,
+                log,
+                child: None,
+            };
+            cluster.spawn(&mut node);
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn spawn(&self, node: &mut ClusterNode) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("node log");
+        let mut cmd = Command::new(bin("csvfs"));
+        cmd.arg("node")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--name")
+            .arg(&node.name)
+            .arg("--root")
+            .arg(&node.root)
+            .env("CSVFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        node.child = Some(spawn_tied_to_process(cmd).expect("spawn csvfs node"));
+    }
+
+    /// Starts node `i` (0-based) again after it stopped.
+    pub fn restart(&mut self, i: usize) {
+        let mut node = std::mem::replace(
+            &mut self.nodes[i],
+            ClusterNode {
+                name: String::new(),
+                root: PathBuf::new(),
+                log: PathBuf::new(),
+                child: None,
+            },
+        );
+        node.stop();
+        self.spawn(&mut node);
+        self.nodes[i] = node;
+    }
+
+    /// Node `i`'s view of the volume, `None` while its daemon does not answer.
+    pub fn volume_status(&self, i: usize) -> Option<VolumeStatus> {
+        let s = self.nodes[i].status()?;
+        s.volumes.into_iter().find(|v| v.label == self.label)
+    }
+
+    /// Waits until a node among `among` serves the volume as coordinator in an epoch
+    /// above `after`; returns its index and status. Fails the test after `timeout`,
+    /// with every node's view and log tail.
+    pub fn wait_for_coordinator(
+        &self,
+        among: &[usize],
+        after: u64,
+        timeout: Duration,
+    ) -> (usize, VolumeStatus) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for &i in among {
+                if let Some(v) = self.volume_status(i)
+                    && v.serving
+                    && v.epoch > after
+                {
+                    return (i, v);
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no node of {among:?} served volume {} above epoch {after} within {timeout:?}\n{}",
+                    self.label,
+                    self.describe()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every node's view and the tail of its log, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            out.push_str(&format!("== {} : {:?}\n", n.name, self.volume_status(i)));
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl ClusterNode {
+    /// The daemon's status through its control socket.
+    pub fn status(&self) -> Option<NodeStatus> {
+        let path = lockmgr::control::socket_path(&self.root.join("run/csvfs"), &self.name);
+        Client::connect(&path).ok()?.status().ok()
+    }
+
+    /// A client of its control socket.
+    pub fn client(&self) -> Client {
+        let path = lockmgr::control::socket_path(&self.root.join("run/csvfs"), &self.name);
+        Client::connect(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on a child this fixture started and has not reaped.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+}
