@@ -122,6 +122,8 @@ struct World {
     nodes: BTreeMap<NodeId, SimNode>,
     target: PrState,
     record: Epoch,
+    /// The disk heartbeat slots: (the writer's life, its counter).
+    slots: BTreeMap<NodeId, (u32, u64)>,
     landed_max: Epoch,
     writers: BTreeMap<Epoch, NodeId>,
     cut: BTreeSet<NodeId>,
@@ -143,6 +145,7 @@ impl World {
             nodes: BTreeMap::new(),
             target: PrState::default(),
             record: 0,
+            slots: BTreeMap::new(),
             landed_max: 0,
             writers: BTreeMap::new(),
             cut: BTreeSet::new(),
@@ -439,8 +442,10 @@ impl World {
                     DiskReply::Conflict
                 }
             }
-            DiskOp::Heartbeat { .. } => {
+            DiskOp::ReadSlot { node } => DiskReply::Slot(self.slots.get(node).copied()),
+            DiskOp::Heartbeat { counter } => {
                 if self.target.may_write(&me) {
+                    self.slots.insert(node, (life, *counter));
                     DiskReply::Done
                 } else {
                     DiskReply::Conflict

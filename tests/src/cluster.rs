@@ -13,10 +13,21 @@ use lockmgr::shell::VolumeStatus;
 use crate::tgtd::{reserve_port, spawn_tied_to_process};
 use crate::{bin, run_ok};
 
+/// Where a node runs: its QUIC address, and the network namespace it runs in.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The node's address in cluster.toml.
+    pub address: std::net::SocketAddr,
+    /// The network namespace (`/run/netns/NAME`), or `None` for this one.
+    pub netns: Option<String>,
+}
+
 /// One node process.
 pub struct ClusterNode {
     /// The node's name (n1, n2, ...).
     pub name: String,
+    /// Where it runs.
+    pub placement: Option<Placement>,
     /// Its directory standing for /.
     pub root: PathBuf,
     /// Its log (stderr).
@@ -39,6 +50,27 @@ impl Cluster {
     /// here, as `lun` is given to mkfs: an image file is made 256 MiB), and starts
     /// every node.
     pub fn start(dir: &Path, n: usize, label: &str, lun: &str) -> Cluster {
+        let placements = (0..n)
+            .map(|_| Placement {
+                address: std::net::SocketAddr::from((
+                    std::net::Ipv4Addr::LOCALHOST,
+                    reserve_port(20_000, 30_000),
+                )),
+                netns: None,
+            })
+            .collect::<Vec<_>>();
+        Cluster::start_placed(dir, &placements, label, lun, None)
+    }
+
+    /// Like [`Cluster::start`], with each node where `placements` says; mkfs runs in
+    /// `tools_netns` (where the LUN is reachable).
+    pub fn start_placed(
+        dir: &Path,
+        placements: &[Placement],
+        label: &str,
+        lun: &str,
+        tools_netns: Option<&str>,
+    ) -> Cluster {
         let mut args: Vec<String> = vec![
             "cluster".into(),
             "init".into(),
@@ -47,9 +79,9 @@ impl Cluster {
             "--dir".into(),
             dir.display().to_string(),
         ];
-        for i in 1..=n {
+        for (i, p) in placements.iter().enumerate() {
             args.push("--node".into());
-            args.push(format!("n{i}=127.0.0.1:{}", reserve_port(20_000, 30_000)));
+            args.push(format!("n{}={}", i + 1, p.address));
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run_ok(&bin("csvctl"), &refs);
@@ -61,19 +93,30 @@ impl Cluster {
         if !lun.starts_with("iscsi://") {
             create.extend_from_slice(&["--size", "256M"]);
         }
-        run_ok(&bin("csvctl"), &create);
+        match tools_netns {
+            Some(ns) => {
+                let csvctl = bin("csvctl");
+                let mut all = vec![format!("--net=/run/netns/{ns}"), "--".into()];
+                all.push(csvctl.display().to_string());
+                all.extend(create.iter().map(|s| s.to_string()));
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                run_ok(Path::new("nsenter"), &refs)
+            }
+            None => run_ok(&bin("csvctl"), &create),
+        };
         let mut cluster = Cluster {
             config,
             label: label.to_string(),
             nodes: Vec::new(),
         };
-        for i in 1..=n {
-            let name = format!("n{i}");
+        for (i, p) in placements.iter().enumerate() {
+            let name = format!("n{}", i + 1);
             let root = dir.join(format!("root-{name}"));
             std::fs::create_dir_all(&root).expect("node root");
             let log = dir.join(format!("{name}.log"));
             let mut node = ClusterNode {
                 name,
+                placement: Some(p.clone()),
                 root,
                 log,
                 child: None,
@@ -90,7 +133,18 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("node log");
-        let mut cmd = Command::new(bin("csvfs"));
+        let netns = node.placement.as_ref().and_then(|p| p.netns.clone());
+        let mut cmd = match netns {
+            // nsenter execs the daemon (no fork for a network namespace).
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(bin("csvfs"));
+                c
+            }
+            None => Command::new(bin("csvfs")),
+        };
         cmd.arg("node")
             .arg("--config")
             .arg(&self.config)
@@ -111,6 +165,7 @@ impl Cluster {
             &mut self.nodes[i],
             ClusterNode {
                 name: String::new(),
+                placement: None,
                 root: PathBuf::new(),
                 log: PathBuf::new(),
                 child: None,

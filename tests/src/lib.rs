@@ -5,6 +5,7 @@
 //! Tests that need root, FUSE or tgtd do not skip: without them they fail, saying why.
 
 pub mod cluster;
+pub mod netns;
 pub mod tcp_cut;
 pub mod tgtd;
 

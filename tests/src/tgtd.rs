@@ -69,6 +69,10 @@ pub struct TgtdOptions {
     /// Whether the LUN reports a volatile write cache (WCE), which makes SYNCHRONIZE
     /// CACHE meaningful. tgtd's default, and ours, is on.
     pub write_cache: bool,
+    /// Run tgtd in this network namespace (`/run/netns/NAME`, made by the test).
+    pub netns: Option<String>,
+    /// The address of the portal (127.0.0.1 unless the target runs in a namespace).
+    pub address: Ipv4Addr,
 }
 
 impl Default for TgtdOptions {
@@ -76,6 +80,8 @@ impl Default for TgtdOptions {
         TgtdOptions {
             chap: None,
             write_cache: true,
+            netns: None,
+            address: Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -160,9 +166,12 @@ impl Tgtd {
         &self.iqn
     }
 
-    /// The LUN as an iSCSI URL: `iscsi://127.0.0.1:PORT/IQN/1`.
+    /// The LUN as an iSCSI URL: `iscsi://ADDRESS:PORT/IQN/1`.
     pub fn url(&self) -> String {
-        format!("iscsi://127.0.0.1:{}/{}/{LUN}", self.port, self.iqn)
+        format!(
+            "iscsi://{}:{}/{}/{LUN}",
+            self.opts.address, self.port, self.iqn
+        )
     }
 
     /// The backing image file.
@@ -256,7 +265,7 @@ impl Tgtd {
     fn launch(&mut self) -> Result<(), PortalNotBound> {
         assert!(self.child.is_none(), "tgtd is already running");
         let tgtd = tgt_program("tgtd").expect(NOT_INSTALLED);
-        let portal = format!("portal=127.0.0.1:{}", self.port);
+        let portal = format!("portal={}:{}", self.opts.address, self.port);
         let control = self.control_port.to_string();
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -272,7 +281,15 @@ impl Tgtd {
             self.ipc_socket().display()
         )
         .expect("write tgtd log");
-        let mut cmd = Command::new(&tgtd);
+        let mut cmd = match &self.opts.netns {
+            // nsenter execs tgtd (no fork for a network namespace): the child is tgtd.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&tgtd);
+                c
+            }
+            None => Command::new(&tgtd),
+        };
         cmd.args(["-f", "-C", &control, "--iscsi", &portal])
             .env("TGT_IPC_SOCKET", self.ipc_socket())
             .current_dir(self.dir.path())
@@ -311,10 +328,10 @@ impl Tgtd {
 
         let portals = self.tgtadm_ok(&["--lld", "iscsi", "--mode", "portal", "--op", "show"]);
         let portals: Vec<&str> = portals.lines().map(str::trim).collect();
-        if portals != [format!("Portal: 127.0.0.1:{},1", self.port)] {
+        if portals != [format!("Portal: {}:{},1", self.opts.address, self.port)] {
             return Err(PortalNotBound(format!(
-                "asked for 127.0.0.1:{}, tgtd listens on {portals:?}",
-                self.port
+                "asked for {}:{}, tgtd listens on {portals:?}",
+                self.opts.address, self.port
             )));
         }
         self.configure();

@@ -48,6 +48,22 @@ enum Purpose {
     FindKeysOf(NodeId, u32),
     FenceMember(NodeId, Key),
     AfterFenceConflict(NodeId, Key),
+    /// Reads the silent coordinator's heartbeat slot: first to remember it, then,
+    /// after a few heartbeats, to see whether it moved.
+    CheckAlive {
+        coordinator: NodeId,
+        second: bool,
+    },
+}
+
+/// A check of a silent coordinator's disk heartbeat in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AliveCheck {
+    coordinator: NodeId,
+    /// The slot as first read (None until read).
+    first: Option<Option<(u32, u64)>>,
+    /// When to read it again.
+    again_at: Millis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +111,7 @@ pub struct Node {
     disk_queue: VecDeque<(DiskOp, Purpose)>,
     last_disk_ok: Option<Millis>,
     preempted_at: Millis,
+    alive_check: Option<AliveCheck>,
     leases: BTreeMap<ResourceId, (Mode, u64)>,
     /// Leases of an earlier epoch that the new coordinator has not adopted yet, each
     /// with the end of its validity (nothing renews them until they are adopted).
@@ -136,6 +153,7 @@ impl Node {
             disk_queue: VecDeque::new(),
             last_disk_ok: None,
             preempted_at: 0,
+            alive_check: None,
             leases: BTreeMap::new(),
             old_leases: BTreeMap::new(),
             recall_on_grant: BTreeSet::new(),
@@ -283,7 +301,7 @@ impl Node {
         match self.phase {
             Phase::Follower(c) => {
                 if now.saturating_sub(self.heard(c)) >= self.timing.fence {
-                    self.take_over(c);
+                    self.check_alive(now, c);
                 } else if now >= self.next_resend {
                     self.next_resend = now + self.timing.lease / 2;
                     for (req, (res, mode, sent)) in self.pending.clone() {
@@ -366,6 +384,75 @@ impl Node {
             self.last_heard
                 .insert(coordinator, now.max(self.heard(coordinator)));
             self.next_resend = now;
+        }
+    }
+
+    /// The coordinator `c` has been silent for a fencing timeout. It may be dead, or
+    /// this node may be the one cut off: its disk heartbeat tells. If the slot moves
+    /// over three heartbeats, the coordinator is alive and writing, so this node waits
+    /// (the coordinator fences it, as a silent member); if not, it takes over. A node
+    /// cut off from its peers thus never preempts a live coordinator.
+    fn check_alive(&mut self, now: Millis, c: NodeId) {
+        match self.alive_check {
+            Some(a) if a.coordinator == c => {
+                if a.first.is_some()
+                    && now >= a.again_at
+                    && !self.disk_queued(|p| matches!(p, Purpose::CheckAlive { .. }))
+                {
+                    self.queue_disk(
+                        DiskOp::ReadSlot { node: c },
+                        Purpose::CheckAlive {
+                            coordinator: c,
+                            second: true,
+                        },
+                    );
+                }
+            }
+            _ => {
+                self.alive_check = Some(AliveCheck {
+                    coordinator: c,
+                    first: None,
+                    again_at: now,
+                });
+                self.queue_disk(
+                    DiskOp::ReadSlot { node: c },
+                    Purpose::CheckAlive {
+                        coordinator: c,
+                        second: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_slot(&mut self, now: Millis, c: NodeId, second: bool, slot: Option<(u32, u64)>) {
+        let Some(mut a) = self.alive_check.filter(|a| a.coordinator == c) else {
+            return;
+        };
+        if self.phase != Phase::Follower(c) || now.saturating_sub(self.heard(c)) < self.timing.fence
+        {
+            // No longer following it, or it spoke meanwhile.
+            self.alive_check = None;
+            return;
+        }
+        if !second {
+            a.first = Some(slot);
+            a.again_at = now + 3 * self.timing.heartbeat;
+            self.alive_check = Some(a);
+            return;
+        }
+        self.alive_check = None;
+        if slot.is_some() && a.first != Some(slot) {
+            // Alive and writing: the silence is this node's problem. Another fencing
+            // timeout before the next look.
+            tracing::info!(
+                node = self.id,
+                coordinator = c,
+                "coordinator silent but its disk heartbeat moves: not taking over"
+            );
+            self.last_heard.insert(c, now);
+        } else {
+            self.take_over(c);
         }
     }
 
@@ -946,6 +1033,13 @@ impl Node {
                 self.last_disk_ok = Some(self.last_disk_ok.unwrap_or(now).max(self.preempted_at));
                 self.start_rebuild(now, e);
             }
+            (
+                Purpose::CheckAlive {
+                    coordinator,
+                    second,
+                },
+                DiskReply::Slot(slot),
+            ) => self.on_slot(now, coordinator, second, slot),
             (Purpose::Heartbeat { issued }, DiskReply::Done) => {
                 self.last_disk_ok = Some(self.last_disk_ok.unwrap_or(0).max(issued));
             }

@@ -237,6 +237,11 @@ pub enum DiskOp {
         /// The slot's counter.
         counter: u64,
     },
+    /// Reads a node's disk heartbeat slot.
+    ReadSlot {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// The outcome of a [`DiskOp`].
@@ -258,6 +263,9 @@ pub enum DiskReply {
         /// Its epoch (0 on a fresh volume).
         epoch: Epoch,
     },
+    /// A heartbeat slot: the writer's incarnation and counter, `None` if never written
+    /// (or unreadable).
+    Slot(Option<(u32, u64)>),
 }
 
 /// What a node is told.

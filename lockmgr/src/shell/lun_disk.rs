@@ -91,6 +91,12 @@ impl LunDisk {
                     })
                     .map(|()| DiskReply::Done),
             ),
+            DiskOp::ReadSlot { node } => match self.region().read_slot(*node) {
+                Ok(s) => DiskReply::Slot(s.map(|s| (s.incarnation, s.counter))),
+                Err(RegionError::Device(e)) => reply(Err(e)),
+                // A damaged slot is no sign of life; a live writer mends it.
+                Err(_) => DiskReply::Slot(None),
+            },
             DiskOp::Heartbeat { counter } => reply(
                 self.region()
                     .write_slot(&HeartbeatSlot {
