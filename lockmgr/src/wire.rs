@@ -20,7 +20,15 @@
 //! | 6 | `Release` | epoch u64, res u64, req u64 |
 //! | 7 | `Report` | epoch u64 |
 //! | 8 | `Adopted` | epoch u64 |
-//! | 9 | `Holdings` | epoch u64, count u32, count × (res u64, mode, req u64), count u32, count × (req u64, res u64, mode, sent u64) |
+//! | 9 | `Holdings` | epoch u64, count u32, count × (res u64, mode, req u64), count u32, count × (req u64, res u64, mode, sent u64), count u32, count × (file u64, range lock) |
+//! | 10 | `Range` | epoch u64, req u64, file u64, owner u64, range op |
+//! | 11 | `RangeCancel` | epoch u64, req u64 |
+//! | 12 | `RangeAnswer` | epoch u64, req u64, range outcome |
+//!
+//! A range lock: owner's node u8, owner u64, kind u8 (0 read, 1 write), start u64, end
+//! u64. A range op: tag u8, then 1 `Test` kind, start, end; 2 `Lock` kind, start, end,
+//! wait u8 (0 or 1); 3 `Unlock` start, end; 4 `Release`. A range outcome: tag u8: 1
+//! `Done`, 2 `Busy`, 3 `Free`, 4 `Blocker` and a range lock, 5 `Lost`.
 //!
 //! The decoder takes nothing on trust: an unknown tag, a short field, a count larger
 //! than the bytes that follow, a label that is not UTF-8, or bytes left over is an
@@ -28,7 +36,7 @@
 
 use std::fmt;
 
-use crate::protocol::{Epoch, Mode, Msg};
+use crate::protocol::{Epoch, LockKind, Mode, Msg, Owner, RangeLock, RangeOp, RangeOutcome};
 
 /// The longest volume label (as `cluster.toml` allows).
 pub const MAX_LABEL_LEN: usize = 63;
@@ -208,6 +216,7 @@ fn encode_msg(w: &mut Vec<u8>, msg: &Msg) {
             epoch,
             held,
             pending,
+            ranges,
         } => {
             w.push(9);
             u64s(w, &[*epoch]);
@@ -223,13 +232,90 @@ fn encode_msg(w: &mut Vec<u8>, msg: &Msg) {
                 w.push(mode_byte(*mode));
                 u64s(w, &[*sent]);
             }
+            w.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+            for (file, lock) in ranges {
+                u64s(w, &[*file]);
+                encode_lock(w, lock);
+            }
+        }
+        Msg::Range {
+            epoch,
+            req,
+            file,
+            owner,
+            op,
+        } => {
+            w.push(10);
+            u64s(w, &[*epoch, *req, *file, *owner]);
+            match op {
+                RangeOp::Test { kind, start, end } => {
+                    w.push(1);
+                    w.push(kind_byte(*kind));
+                    u64s(w, &[*start, *end]);
+                }
+                RangeOp::Lock {
+                    kind,
+                    start,
+                    end,
+                    wait,
+                } => {
+                    w.push(2);
+                    w.push(kind_byte(*kind));
+                    u64s(w, &[*start, *end]);
+                    w.push(u8::from(*wait));
+                }
+                RangeOp::Unlock { start, end } => {
+                    w.push(3);
+                    u64s(w, &[*start, *end]);
+                }
+                RangeOp::Release => w.push(4),
+            }
+        }
+        Msg::RangeCancel { epoch, req } => {
+            w.push(11);
+            u64s(w, &[*epoch, *req]);
+        }
+        Msg::RangeAnswer {
+            epoch,
+            req,
+            outcome,
+        } => {
+            w.push(12);
+            u64s(w, &[*epoch, *req]);
+            match outcome {
+                RangeOutcome::Done => w.push(1),
+                RangeOutcome::Busy => w.push(2),
+                RangeOutcome::Free => w.push(3),
+                RangeOutcome::Blocker(lock) => {
+                    w.push(4);
+                    encode_lock(w, lock);
+                }
+                RangeOutcome::Lost => w.push(5),
+            }
         }
     }
+}
+
+fn kind_byte(k: LockKind) -> u8 {
+    match k {
+        LockKind::Read => 0,
+        LockKind::Write => 1,
+    }
+}
+
+fn encode_lock(w: &mut Vec<u8>, l: &RangeLock) {
+    w.push(l.owner.node);
+    w.extend_from_slice(&l.owner.owner.to_le_bytes());
+    w.push(kind_byte(l.kind));
+    w.extend_from_slice(&l.start.to_le_bytes());
+    w.extend_from_slice(&l.end.to_le_bytes());
 }
 
 /// Bytes of one held lease and of one pending request in `Holdings`.
 const HELD_LEN: usize = 17;
 const PENDING_LEN: usize = 25;
+/// Bytes of one held range lock with its file in `Holdings`.
+const RANGE_LEN: usize = 34;
 
 fn decode_msg(r: &mut Reader<'_>) -> Result<Msg, WireError> {
     let tag = r.u8("message tag")?;
@@ -238,11 +324,7 @@ fn decode_msg(r: &mut Reader<'_>) -> Result<Msg, WireError> {
         1 => Msg::Heartbeat {
             sent: r.u64("sent")?,
             epoch: epoch(r)?,
-            coordinator: match r.u8("coordinator flag")? {
-                0 => false,
-                1 => true,
-                v => return Err(bad(format!("coordinator flag {v} is neither 0 nor 1"))),
-            },
+            coordinator: r.flag("coordinator flag")?,
         },
         2 => Msg::HeartbeatAck {
             sent: r.u64("sent")?,
@@ -293,10 +375,66 @@ fn decode_msg(r: &mut Reader<'_>) -> Result<Msg, WireError> {
             for _ in 0..n {
                 pending.push((r.u64("req")?, r.u64("res")?, r.mode()?, r.u64("sent")?));
             }
+            let n = r.count(RANGE_LEN, "range locks")?;
+            let mut ranges = Vec::with_capacity(n);
+            for _ in 0..n {
+                ranges.push((r.u64("file")?, r.lock()?));
+            }
             Msg::Holdings {
                 epoch,
                 held,
                 pending,
+                ranges,
+            }
+        }
+        10 => {
+            let (epoch, req) = (epoch(r)?, r.u64("req")?);
+            let (file, owner) = (r.u64("file")?, r.u64("owner")?);
+            let op = match r.u8("range op")? {
+                1 => RangeOp::Test {
+                    kind: r.kind()?,
+                    start: r.u64("start")?,
+                    end: r.u64("end")?,
+                },
+                2 => RangeOp::Lock {
+                    kind: r.kind()?,
+                    start: r.u64("start")?,
+                    end: r.u64("end")?,
+                    wait: r.flag("wait flag")?,
+                },
+                3 => RangeOp::Unlock {
+                    start: r.u64("start")?,
+                    end: r.u64("end")?,
+                },
+                4 => RangeOp::Release,
+                t => return Err(bad(format!("unknown range op {t}"))),
+            };
+            Msg::Range {
+                epoch,
+                req,
+                file,
+                owner,
+                op,
+            }
+        }
+        11 => Msg::RangeCancel {
+            epoch: epoch(r)?,
+            req: r.u64("req")?,
+        },
+        12 => {
+            let (epoch, req) = (epoch(r)?, r.u64("req")?);
+            let outcome = match r.u8("range outcome")? {
+                1 => RangeOutcome::Done,
+                2 => RangeOutcome::Busy,
+                3 => RangeOutcome::Free,
+                4 => RangeOutcome::Blocker(r.lock()?),
+                5 => RangeOutcome::Lost,
+                t => return Err(bad(format!("unknown range outcome {t}"))),
+            };
+            Msg::RangeAnswer {
+                epoch,
+                req,
+                outcome,
             }
         }
         t => return Err(bad(format!("unknown message tag {t}"))),
@@ -346,6 +484,37 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn flag(&mut self, what: &str) -> Result<bool, WireError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(bad(format!("{what} {v} is neither 0 nor 1"))),
+        }
+    }
+
+    fn kind(&mut self) -> Result<LockKind, WireError> {
+        match self.u8("lock kind")? {
+            0 => Ok(LockKind::Read),
+            1 => Ok(LockKind::Write),
+            k => Err(bad(format!(
+                "lock kind {k} is neither 0 (read) nor 1 (write)"
+            ))),
+        }
+    }
+
+    fn lock(&mut self) -> Result<RangeLock, WireError> {
+        let owner = Owner {
+            node: self.u8("lock owner's node")?,
+            owner: self.u64("lock owner")?,
+        };
+        Ok(RangeLock {
+            owner,
+            kind: self.kind()?,
+            start: self.u64("start")?,
+            end: self.u64("end")?,
+        })
+    }
+
     /// A count of items of `item_len` bytes each, no more than the bytes left can hold.
     fn count(&mut self, item_len: usize, what: &str) -> Result<usize, WireError> {
         let n = self.u32(what)? as usize;
@@ -363,6 +532,13 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOCK: RangeLock = RangeLock {
+        owner: Owner { node: 2, owner: 99 },
+        kind: LockKind::Write,
+        start: 4,
+        end: 8,
+    };
 
     fn samples() -> Vec<Frame> {
         let v = |msg| Frame::Volume {
@@ -410,6 +586,55 @@ mod tests {
                 epoch: 7,
                 held: vec![(1, Mode::Shared, 2), (3, Mode::Exclusive, 4)],
                 pending: vec![(5, 6, Mode::Exclusive, 7)],
+                ranges: vec![(8, LOCK)],
+            }),
+            v(Msg::Range {
+                epoch: 1,
+                req: 2,
+                file: 3,
+                owner: 4,
+                op: RangeOp::Test {
+                    kind: LockKind::Read,
+                    start: 0,
+                    end: 10,
+                },
+            }),
+            v(Msg::Range {
+                epoch: 1,
+                req: 2,
+                file: 3,
+                owner: 4,
+                op: RangeOp::Lock {
+                    kind: LockKind::Write,
+                    start: 5,
+                    end: u64::MAX,
+                    wait: true,
+                },
+            }),
+            v(Msg::Range {
+                epoch: 1,
+                req: 2,
+                file: 3,
+                owner: 4,
+                op: RangeOp::Unlock { start: 1, end: 2 },
+            }),
+            v(Msg::Range {
+                epoch: 1,
+                req: 2,
+                file: 3,
+                owner: 4,
+                op: RangeOp::Release,
+            }),
+            v(Msg::RangeCancel { epoch: 1, req: 2 }),
+            v(Msg::RangeAnswer {
+                epoch: 1,
+                req: 2,
+                outcome: RangeOutcome::Blocker(LOCK),
+            }),
+            v(Msg::RangeAnswer {
+                epoch: 1,
+                req: 2,
+                outcome: RangeOutcome::Lost,
             }),
         ]
     }

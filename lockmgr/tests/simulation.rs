@@ -7,6 +7,7 @@
 //! Checked at every step:
 //! - metadata writes land in epoch order, and one node writes per epoch;
 //! - no two nodes rely on conflicting leases at the same moment;
+//! - no two nodes registered on the target hold conflicting byte-range locks;
 //!
 //! and at the end of each run, after the faults stop: one coordinator, every node
 //! following it, every request granted (a request whose holder died is granted once
@@ -19,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use blockdev::{Nexus, PrOut, PrState, ReservationType};
 use lockmgr::protocol::{
-    Action, DiskOp, DiskReply, Epoch, Event, Millis, Mode, Msg, Node, NodeId, ResourceId, Role,
-    Timing,
+    Action, DiskOp, DiskReply, Epoch, Event, LockKind, Millis, Mode, Msg, Node, NodeId, RangeOp,
+    ResourceId, Role, Timing,
 };
 
 const NODES: NodeId = 3;
@@ -91,13 +92,19 @@ enum Ev {
     Stall(NodeId, Millis),
 }
 
-/// The user of a node's leases.
+/// The user of a node's leases and byte-range locks.
 #[derive(Default)]
 struct App {
     held: BTreeMap<ResourceId, Millis>,
     wanted: BTreeSet<ResourceId>,
     stubborn: bool,
+    /// Byte-range requests waiting for their answer.
+    range_asked: BTreeSet<u64>,
 }
+
+/// Files and lock owners per node of the byte-range lock users.
+const FILES: u64 = 2;
+const OWNERS: u64 = 2;
 
 struct SimNode {
     node: Option<Node>,
@@ -251,6 +258,7 @@ impl World {
             let ev = self.events[idx].take().expect("each event runs once");
             self.step(ev);
             self.check_leases();
+            self.check_ranges();
         }
         self.check_end();
     }
@@ -525,6 +533,11 @@ impl World {
                     s.app.held.clear();
                 }
                 Action::Role(r) => self.note(format!("n{n} role {r}")),
+                Action::RangeAnswer { req, outcome } => {
+                    self.note(format!("n{n} RANGE ANSWER {req:#x} {outcome:?}"));
+                    let s = self.nodes.get_mut(&n).expect("node");
+                    s.app.range_asked.remove(&req);
+                }
             }
         }
     }
@@ -540,9 +553,86 @@ impl World {
         }
     }
 
+    fn range_op(&mut self, n: NodeId, file: u64, owner: u64, op: RangeOp) {
+        let now = self.now;
+        let s = self.nodes.get_mut(&n).expect("node");
+        let Some(node) = s.node.as_mut() else { return };
+        let (req, a) = node.range_request(now, file, owner, op);
+        s.app.range_asked.insert(req);
+        self.note(format!(
+            "n{n} RANGE {req:#x} file {file} owner {owner} {op:?}"
+        ));
+        self.carry_out(n, a);
+    }
+
+    /// The byte-range lock users: lock (waiting or not), test, unlock, close, and
+    /// sometimes give up a wait; at the quiet period, close everything.
+    fn range_step(&mut self, n: NodeId) {
+        let now = self.now;
+        if now >= QUIET_START {
+            if now < QUIET_START + TICK {
+                let waits: Vec<u64> = self.nodes[&n].app.range_asked.iter().copied().collect();
+                for req in waits {
+                    let s = self.nodes.get_mut(&n).expect("node");
+                    if let Some(node) = s.node.as_mut() {
+                        let a = node.range_cancel(now, req);
+                        s.app.range_asked.remove(&req);
+                        self.carry_out(n, a);
+                    }
+                }
+                for file in 1..=FILES {
+                    for owner in 1..=OWNERS {
+                        self.range_op(n, file, owner, RangeOp::Release);
+                    }
+                }
+            }
+            return;
+        }
+        if !self.rng.chance(20) || self.nodes[&n].app.range_asked.len() >= 2 {
+            if self.rng.chance(2)
+                && let Some(&req) = self.nodes[&n].app.range_asked.iter().next()
+            {
+                self.note(format!("n{n} RANGE CANCEL {req:#x}"));
+                let s = self.nodes.get_mut(&n).expect("node");
+                if let Some(node) = s.node.as_mut() {
+                    let a = node.range_cancel(now, req);
+                    s.app.range_asked.remove(&req);
+                    self.carry_out(n, a);
+                }
+            }
+            return;
+        }
+        let file = self.rng.range(1, FILES);
+        let owner = self.rng.range(1, OWNERS);
+        let start = self.rng.range(0, 8);
+        let end = if self.rng.chance(100) {
+            u64::MAX
+        } else {
+            start + self.rng.range(1, 4)
+        };
+        let kind = if self.rng.chance(400) {
+            LockKind::Read
+        } else {
+            LockKind::Write
+        };
+        let op = match self.rng.below(10) {
+            0..=3 => RangeOp::Lock {
+                kind,
+                start,
+                end,
+                wait: self.rng.chance(600),
+            },
+            4 => RangeOp::Test { kind, start, end },
+            5..=7 => RangeOp::Unlock { start, end },
+            _ => RangeOp::Release,
+        };
+        self.range_op(n, file, owner, op);
+    }
+
     /// The user: takes and gives back leases at random until the quiet period.
     fn app_step(&mut self, n: NodeId) {
         let now = self.now;
+        self.range_step(n);
         if now >= QUIET_START {
             let held: Vec<ResourceId> = self.nodes[&n].app.held.keys().copied().collect();
             for r in held {
@@ -621,6 +711,41 @@ impl World {
         }
     }
 
+    fn check_ranges(&self) {
+        let holders: Vec<(NodeId, &Node)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, s)| s.node.as_ref().map(|n| (*id, n)))
+            .filter(|(_, n)| n.holds_range_locks())
+            .collect();
+        if holders.len() < 2 {
+            return;
+        }
+        let registered = self.target.read_keys().keys;
+        let mut held = Vec::new();
+        for (id, node) in holders {
+            if registered.contains(&node.key()) {
+                for (file, l) in node.range_locks_held() {
+                    held.push((id, file, l));
+                }
+            }
+        }
+        for (i, (a, fa, la)) in held.iter().enumerate() {
+            for (b, fb, lb) in &held[i + 1..] {
+                if a != b
+                    && fa == fb
+                    && la.start < lb.end
+                    && lb.start < la.end
+                    && (la.kind == LockKind::Write || lb.kind == LockKind::Write)
+                {
+                    self.fail(format!(
+                        "nodes {a} and {b}, both registered, hold conflicting range locks on file {fa}: {la:?} and {lb:?}"
+                    ));
+                }
+            }
+        }
+    }
+
     fn check_end(&self) {
         let coordinators: Vec<NodeId> = self
             .nodes
@@ -639,12 +764,34 @@ impl World {
             ));
         }
         let c = coordinators[0];
+        let table = self.nodes[&c]
+            .node
+            .as_ref()
+            .and_then(|x| x.range_table())
+            .unwrap_or_default();
+        if !table.is_empty() {
+            self.fail(format!(
+                "the coordinator's byte-range table is not empty after every close: {table:?}"
+            ));
+        }
         for (id, s) in &self.nodes {
             let Some(n) = &s.node else { continue };
             if *id != c && n.role() != Role::Follower(c) {
                 self.fail(format!(
                     "node {id} is {} at the end, not a follower of {c}",
                     n.role()
+                ));
+            }
+            if n.range_pending() != 0 {
+                self.fail(format!(
+                    "node {id} still waits for {} byte-range requests at the end",
+                    n.range_pending()
+                ));
+            }
+            if !n.range_locks_held().is_empty() {
+                self.fail(format!(
+                    "node {id} still holds byte-range locks after closing everything: {:?}",
+                    n.range_locks_held()
                 ));
             }
             if n.pending() != 0 {

@@ -166,6 +166,25 @@ impl RangeLocks {
         granted
     }
 
+    /// Every lock held, by file, in order.
+    pub fn all(&self) -> Vec<(u64, RangeLock)> {
+        self.held
+            .keys()
+            .flat_map(|f| self.held(*f).into_iter().map(move |l| (*f, l)))
+            .collect()
+    }
+
+    /// True when no lock is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.values().all(|v| v.is_empty())
+    }
+
+    /// Forgets everything (the node holding this mirror was fenced).
+    pub fn clear(&mut self) {
+        self.held.clear();
+        self.waiting.clear();
+    }
+
     /// The locks held on a file, in order.
     pub fn held(&self, file: u64) -> Vec<RangeLock> {
         let mut v = self.held.get(&file).cloned().unwrap_or_default();

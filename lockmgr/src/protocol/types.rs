@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+pub use super::range_locks::{LockKind, Owner, RangeLock};
+
 /// A node's number in the cluster configuration (1 to 255).
 pub type NodeId = u8;
 /// The coordinator generation of a volume: raised by every takeover, written in the
@@ -112,6 +114,57 @@ impl Mode {
     }
 }
 
+/// A POSIX byte-range lock operation of one lock owner on one file, as a node asks
+/// the coordinator for it. Ranges are `[start, end)`, `end = u64::MAX` for "to the end".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOp {
+    /// F_GETLK: which lock, if any, keeps this one from being taken.
+    Test {
+        /// The kind asked about.
+        kind: LockKind,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// F_SETLK (`wait` false: refused at once on a conflict) or F_SETLKW (`wait`
+    /// true: granted when what conflicts goes).
+    Lock {
+        /// The kind.
+        kind: LockKind,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// F_SETLKW.
+        wait: bool,
+    },
+    /// F_UNLCK.
+    Unlock {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// Everything the owner holds or waits for on the file (its close).
+    Release,
+}
+
+/// The answer to a [`RangeOp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOutcome {
+    /// Taken, unlocked or released.
+    Done,
+    /// F_SETLK refused: a conflicting lock is held.
+    Busy,
+    /// F_GETLK: nothing conflicts.
+    Free,
+    /// F_GETLK: this lock conflicts.
+    Blocker(RangeLock),
+    /// The node was fenced before the answer came: its locks are gone.
+    Lost,
+}
+
 /// What nodes send each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
@@ -196,6 +249,37 @@ pub enum Msg {
         held: Vec<(ResourceId, Mode, u64)>,
         /// The requests it waits for: (request, resource, mode, sent).
         pending: Vec<(u64, ResourceId, Mode, Millis)>,
+        /// The byte-range locks it holds, by file.
+        ranges: Vec<(u64, RangeLock)>,
+    },
+    /// A byte-range lock operation, to the coordinator.
+    Range {
+        /// The epoch the sender knows.
+        epoch: Epoch,
+        /// The sender's request number.
+        req: u64,
+        /// The file.
+        file: u64,
+        /// The lock owner on the sender.
+        owner: u64,
+        /// The operation.
+        op: RangeOp,
+    },
+    /// A waiting F_SETLKW given up (the caller was interrupted).
+    RangeCancel {
+        /// The epoch the sender knows.
+        epoch: Epoch,
+        /// The request given up.
+        req: u64,
+    },
+    /// The coordinator's answer to a [`Msg::Range`].
+    RangeAnswer {
+        /// The coordinator's epoch.
+        epoch: Epoch,
+        /// The request answered.
+        req: u64,
+        /// The answer.
+        outcome: RangeOutcome,
     },
 }
 
@@ -324,6 +408,13 @@ pub enum Action {
     },
     /// Every lease is gone (fenced, or a takeover did not keep them): drop every cache.
     LostAll,
+    /// A byte-range lock request of the local user is answered.
+    RangeAnswer {
+        /// The request.
+        req: u64,
+        /// The answer.
+        outcome: RangeOutcome,
+    },
     /// The node's role changed (for status and logs).
     Role(Role),
 }

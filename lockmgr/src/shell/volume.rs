@@ -364,6 +364,8 @@ impl VolumeTask {
                 }
                 let _ = self.events.send(LeaseEvent::Recall(res));
             }
+            // Byte-range locks through the shell come with the cluster mount.
+            Action::RangeAnswer { .. } => {}
             Action::LostAll => {
                 self.auto_release.clear();
                 let _ = self.events.send(LeaseEvent::LostAll);

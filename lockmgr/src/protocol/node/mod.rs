@@ -19,7 +19,11 @@
 //! - a node that meets a reservation conflict gives up its role and leases, and rejoins
 //!   with a new incarnation.
 
+mod ranges;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ranges::{RangeClient, RangeTable};
 
 use super::lockspace::{Decision, Lockspace, Waiter};
 use super::types::{
@@ -89,6 +93,7 @@ struct Coordination {
     fenced: BTreeMap<NodeId, u32>,
     drop_at: Vec<(NodeId, Millis)>,
     deferred: Vec<Decision>,
+    ranges: RangeTable,
 }
 
 /// A node of one volume.
@@ -120,6 +125,7 @@ pub struct Node {
     recall_on_grant: BTreeSet<u64>,
     lease_valid_until: Millis,
     pending: BTreeMap<u64, (ResourceId, Mode, Millis)>,
+    ranges: RangeClient,
     next_req: u64,
     coord: Option<Coordination>,
     out: Vec<Action>,
@@ -159,6 +165,7 @@ impl Node {
             recall_on_grant: BTreeSet::new(),
             lease_valid_until: 0,
             pending: BTreeMap::new(),
+            ranges: RangeClient::default(),
             next_req: 1,
             coord: None,
             out: Vec::new(),
@@ -220,6 +227,11 @@ impl Node {
     /// The coordinator's view of who holds what (None on other nodes).
     pub fn lockspace_holdings(&self) -> Option<Vec<(ResourceId, NodeId, Mode)>> {
         self.coord.as_ref().map(|c| c.lockspace.holdings())
+    }
+
+    /// The coordinator's table of byte-range locks (None on other nodes).
+    pub fn range_table(&self) -> Option<Vec<(u64, super::range_locks::RangeLock)>> {
+        self.coord.as_ref().map(|c| c.ranges.all())
     }
 
     /// Requests outstanding.
@@ -307,6 +319,7 @@ impl Node {
                     for (req, (res, mode, sent)) in self.pending.clone() {
                         self.send_acquire(now, req, res, mode, sent);
                     }
+                    self.resend_ranges(now);
                 }
             }
             Phase::Draining { until } if now >= until => {
@@ -353,6 +366,7 @@ impl Node {
         }
         self.leases.clear();
         self.old_leases.clear();
+        self.ranges_lost();
         self.recall_on_grant.clear();
         self.lease_valid_until = 0;
         self.coord = None;
@@ -503,6 +517,8 @@ impl Node {
         }
         c.waiting_reports = self.peers.iter().copied().collect();
         self.coord = Some(c);
+        let mine = self.ranges_report();
+        self.coord_ranges_adopt(self.id, mine);
         self.next_resend = now + self.timing.heartbeat;
         for p in self.peers.clone() {
             self.send(p, Msg::Report { epoch });
@@ -544,6 +560,7 @@ impl Node {
             for (w, res) in early {
                 self.lockspace_acquire(now, res, w);
             }
+            self.resend_ranges(now);
         }
     }
 
@@ -551,6 +568,7 @@ impl Node {
         if self.serving_epoch(now).is_some() {
             let deferred = std::mem::take(&mut self.coord.as_mut().expect("coordinating").deferred);
             self.apply(now, deferred);
+            self.coord_ranges_catch_up(now);
         }
         for p in self.peers.clone() {
             let c = self.coord.as_ref().expect("coordinating");
@@ -586,6 +604,7 @@ impl Node {
             let d = c.lockspace.drop_node(n, now, self.timing.recall);
             c.fencing.remove(&n);
             self.apply(now, d);
+            self.coord_ranges_drop_node(now, n);
         }
     }
 
@@ -713,12 +732,14 @@ impl Node {
                         .iter()
                         .map(|(q, (r, m, s))| (*q, *r, *m, *s))
                         .collect();
+                    let ranges = self.ranges_report();
                     self.send(
                         from,
                         Msg::Holdings {
                             epoch,
                             held,
                             pending,
+                            ranges,
                         },
                     );
                 }
@@ -736,6 +757,7 @@ impl Node {
                 epoch,
                 held,
                 pending,
+                ranges,
             } => {
                 if epoch != self.epoch || self.phase != Phase::Rebuilding {
                     return;
@@ -762,6 +784,32 @@ impl Node {
                         res,
                     ));
                 }
+                self.coord_ranges_adopt(from, ranges);
+            }
+            Msg::Range {
+                epoch,
+                req,
+                file,
+                owner,
+                op,
+            } => {
+                if epoch == self.epoch && self.phase == Phase::Coordinator {
+                    self.coord_range(now, from, req, file, owner, op);
+                }
+            }
+            Msg::RangeCancel { epoch, req } => {
+                if epoch == self.epoch && self.phase == Phase::Coordinator {
+                    self.coord_range_cancel(now, from, req);
+                }
+            }
+            Msg::RangeAnswer {
+                epoch,
+                req,
+                outcome,
+            } => {
+                if epoch == self.epoch && self.phase == Phase::Follower(from) {
+                    self.on_range_answer(now, req, outcome);
+                }
             }
         }
     }
@@ -777,6 +825,7 @@ impl Node {
         c.fencing.remove(&node);
         let d = c.lockspace.drop_node(node, now, recall);
         self.apply(now, d);
+        self.coord_ranges_drop_node(now, node);
     }
 
     /// A coordinator of a newer epoch exists. A node that coordinated or took over in
