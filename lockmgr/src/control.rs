@@ -4,7 +4,8 @@
 //!
 //! Leases taken through a connection are the connection's: they are released when it
 //! closes, and given back as soon as they are recalled (a control client has nothing
-//! to flush).
+//! to flush). So are its byte-range locks: every (volume, file, owner) it used is
+//! released when it closes, as a process's locks are at its last close.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -18,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::warn;
 
-use crate::protocol::{Mode, ResourceId};
+use crate::protocol::{LockKind, Mode, RangeOp, RangeOutcome, ResourceId};
 use crate::shell::{Shell, VolumeStatus};
 
 /// The control socket of node `node` under the run directory `run_dir`.
@@ -50,6 +51,138 @@ pub enum Request {
         /// The resource's name.
         resource: String,
     },
+    /// A POSIX byte-range lock operation on a file of a volume, for lock owner `owner`
+    /// of this connection.
+    Range {
+        /// The volume's label.
+        volume: String,
+        /// The file (inode number).
+        file: u64,
+        /// The lock owner.
+        owner: u64,
+        /// The operation.
+        lock: LockRequest,
+        /// How long a waiting lock may wait (then it is given up).
+        timeout_ms: u64,
+    },
+}
+
+/// A byte-range lock operation, as the control socket names it. Ranges are
+/// `[start, end)`; an `end` of 18446744073709551615 means to the end of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum LockRequest {
+    /// F_GETLK.
+    Test {
+        /// A write (exclusive) lock, else a read lock.
+        write: bool,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// F_SETLK, or F_SETLKW with `wait`.
+    Lock {
+        /// A write (exclusive) lock, else a read lock.
+        write: bool,
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// Wait for a conflicting lock to go.
+        wait: bool,
+    },
+    /// F_UNLCK.
+    Unlock {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// Everything the owner holds on the file (a close).
+    Release,
+}
+
+/// A lock in an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    /// The holder's node id.
+    pub node: u8,
+    /// The holder's lock owner.
+    pub owner: u64,
+    /// A write lock.
+    pub write: bool,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// The answer to a [`LockRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum LockAnswer {
+    /// Taken, unlocked or released.
+    Done,
+    /// Refused: a conflicting lock is held.
+    Busy,
+    /// Nothing conflicts (a test).
+    Free,
+    /// This lock conflicts (a test).
+    Blocker(HeldLock),
+    /// The node was fenced: its locks are gone.
+    Lost,
+}
+
+fn kind(write: bool) -> LockKind {
+    if write {
+        LockKind::Write
+    } else {
+        LockKind::Read
+    }
+}
+
+impl LockRequest {
+    fn op(self) -> RangeOp {
+        match self {
+            LockRequest::Test { write, start, end } => RangeOp::Test {
+                kind: kind(write),
+                start,
+                end,
+            },
+            LockRequest::Lock {
+                write,
+                start,
+                end,
+                wait,
+            } => RangeOp::Lock {
+                kind: kind(write),
+                start,
+                end,
+                wait,
+            },
+            LockRequest::Unlock { start, end } => RangeOp::Unlock { start, end },
+            LockRequest::Release => RangeOp::Release,
+        }
+    }
+}
+
+impl From<RangeOutcome> for LockAnswer {
+    fn from(o: RangeOutcome) -> LockAnswer {
+        match o {
+            RangeOutcome::Done => LockAnswer::Done,
+            RangeOutcome::Busy => LockAnswer::Busy,
+            RangeOutcome::Free => LockAnswer::Free,
+            RangeOutcome::Blocker(l) => LockAnswer::Blocker(HeldLock {
+                node: l.owner.node,
+                owner: l.owner.owner,
+                write: l.kind == LockKind::Write,
+                start: l.start,
+                end: l.end,
+            }),
+            RangeOutcome::Lost => LockAnswer::Lost,
+        }
+    }
 }
 
 /// A node's state.
@@ -75,6 +208,11 @@ pub enum Response {
     Granted {
         /// The grant's epoch (the fencing token).
         epoch: u64,
+    },
+    /// The answer to a byte-range lock operation.
+    Lock {
+        /// The answer.
+        answer: LockAnswer,
     },
     /// Done.
     Done,
@@ -123,9 +261,10 @@ async fn serve_client(shell: Arc<Shell>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(read).lines();
     let mut held: BTreeSet<(String, ResourceId)> = BTreeSet::new();
+    let mut owners: BTreeSet<(String, u64, u64)> = BTreeSet::new();
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(r) => answer(&shell, r, &mut held).await,
+            Ok(r) => answer(&shell, r, &mut held, &mut owners).await,
             Err(e) => Response::Error {
                 message: format!("bad control request: {e}"),
             },
@@ -141,19 +280,33 @@ async fn serve_client(shell: Arc<Shell>, stream: UnixStream) {
             v.release(res);
         }
     }
+    for (volume, file, owner) in owners {
+        if let Some(v) = shell.volume(&volume) {
+            // The close: nobody waits for the answer.
+            let v = v.clone();
+            tokio::spawn(async move {
+                let _ = v.range(file, owner, RangeOp::Release, None).await;
+            });
+        }
+    }
+}
+
+fn no_volume(shell: &Shell, v: &str) -> Response {
+    Response::Error {
+        message: format!(
+            "node {} serves no volume {v:?}: see `csvctl volume status`",
+            shell.node()
+        ),
+    }
 }
 
 async fn answer(
     shell: &Shell,
     request: Request,
     held: &mut BTreeSet<(String, ResourceId)>,
+    owners: &mut BTreeSet<(String, u64, u64)>,
 ) -> Response {
-    let no_volume = |v: &str| Response::Error {
-        message: format!(
-            "node {} serves no volume {v:?}: see `csvctl volume status`",
-            shell.node()
-        ),
-    };
+    let no_volume = |v: &str| no_volume(shell, v);
     match request {
         Request::Status => Response::Status(NodeStatus {
             node: shell.node().to_string(),
@@ -197,6 +350,25 @@ async fn answer(
             v.release(res);
             held.remove(&(volume, res));
             Response::Done
+        }
+        Request::Range {
+            volume,
+            file,
+            owner,
+            lock,
+            timeout_ms,
+        } => {
+            let Some(v) = shell.volume(&volume) else {
+                return no_volume(&volume);
+            };
+            owners.insert((volume.clone(), file, owner));
+            let within = Some(Duration::from_millis(timeout_ms));
+            match v.range(file, owner, lock.op(), within).await {
+                Ok(o) => Response::Lock { answer: o.into() },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            }
         }
     }
 }
@@ -272,6 +444,27 @@ impl Client {
         match serde_json::from_str(&answer).map_err(|e| io(format!("bad answer: {e}")))? {
             Response::Error { message } => Err(ClientError::Refused(message)),
             r => Ok(r),
+        }
+    }
+
+    /// A byte-range lock operation.
+    pub fn lock(
+        &mut self,
+        volume: &str,
+        file: u64,
+        owner: u64,
+        lock: LockRequest,
+        timeout: Duration,
+    ) -> Result<LockAnswer, ClientError> {
+        match self.request(&Request::Range {
+            volume: volume.to_string(),
+            file,
+            owner,
+            lock,
+            timeout_ms: timeout.as_millis() as u64,
+        })? {
+            Response::Lock { answer } => Ok(answer),
+            other => Err(ClientError::Refused(format!("unexpected answer {other:?}"))),
         }
     }
 

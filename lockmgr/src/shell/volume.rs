@@ -16,7 +16,8 @@ use tracing::{error, info};
 use super::lun_disk::LunDisk;
 use super::peers::{Inbound, Peers};
 use crate::protocol::{
-    Action, DiskOp, DiskReply, Epoch, Event, Millis, Mode, Node, NodeId, ResourceId, Role, Timing,
+    Action, DiskOp, DiskReply, Epoch, Event, Millis, Mode, Node, NodeId, RangeOp, RangeOutcome,
+    ResourceId, Role, Timing,
 };
 use crate::wire::Frame;
 
@@ -63,6 +64,12 @@ enum Command {
     },
     Release {
         res: ResourceId,
+    },
+    Range {
+        file: u64,
+        owner: u64,
+        op: RangeOp,
+        done: oneshot::Sender<RangeOutcome>,
     },
 }
 
@@ -114,6 +121,34 @@ impl VolumeHandle {
                 let _ = self.commands.send(Command::Release { res });
                 Err(LeaseError::Timeout(within))
             }
+        }
+    }
+
+    /// A byte-range lock operation of lock owner `owner` on `file`, answered by the
+    /// coordinator. A waiting F_SETLKW is given up when this future is dropped (or
+    /// `within` passes).
+    pub async fn range(
+        &self,
+        file: u64,
+        owner: u64,
+        op: RangeOp,
+        within: Option<Duration>,
+    ) -> Result<RangeOutcome, LeaseError> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Range {
+                file,
+                owner,
+                op,
+                done,
+            })
+            .map_err(|_| LeaseError::Stopped)?;
+        match within {
+            Some(d) => match tokio::time::timeout(d, rx).await {
+                Ok(r) => r.map_err(|_| LeaseError::Stopped),
+                Err(_) => Err(LeaseError::Timeout(d)),
+            },
+            None => rx.await.map_err(|_| LeaseError::Stopped),
         }
     }
 
@@ -220,6 +255,7 @@ pub fn start(
         disk_ops: op_tx,
         incarnation_file: setup.incarnation_file,
         waiting: BTreeMap::new(),
+        ranges_waiting: BTreeMap::new(),
         auto_release: BTreeSet::new(),
         events: events.clone(),
         status: status_tx,
@@ -255,6 +291,7 @@ struct VolumeTask {
     disk_ops: std::sync::mpsc::Sender<(u64, DiskOp, u32)>,
     incarnation_file: PathBuf,
     waiting: BTreeMap<ResourceId, Vec<oneshot::Sender<Epoch>>>,
+    ranges_waiting: BTreeMap<u64, oneshot::Sender<RangeOutcome>>,
     auto_release: BTreeSet<ResourceId>,
     events: broadcast::Sender<LeaseEvent>,
     status: watch::Sender<VolumeStatus>,
@@ -273,7 +310,11 @@ impl VolumeTask {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let actions = tokio::select! {
-                _ = ticker.tick() => self.node.handle(self.now(), Event::Tick),
+                _ = ticker.tick() => {
+                    let mut a = self.cancel_abandoned_ranges();
+                    a.extend(self.node.handle(self.now(), Event::Tick));
+                    a
+                }
                 Some(m) = inbox.recv() => self.node.handle(self.now(), Event::Message {
                     from: m.from,
                     incarnation: m.incarnation,
@@ -319,7 +360,34 @@ impl VolumeTask {
                 self.waiting.remove(&res);
                 self.node.release(now, res)
             }
+            Command::Range {
+                file,
+                owner,
+                op,
+                done,
+            } => {
+                let (req, actions) = self.node.range_request(now, file, owner, op);
+                self.ranges_waiting.insert(req, done);
+                actions
+            }
         }
+    }
+
+    /// Gives up the byte-range requests whose callers stopped waiting.
+    fn cancel_abandoned_ranges(&mut self) -> Vec<Action> {
+        let gone: Vec<u64> = self
+            .ranges_waiting
+            .iter()
+            .filter(|(_, tx)| tx.is_closed())
+            .map(|(req, _)| *req)
+            .collect();
+        let now = self.now();
+        let mut actions = Vec::new();
+        for req in gone {
+            self.ranges_waiting.remove(&req);
+            actions.extend(self.node.range_cancel(now, req));
+        }
+        actions
     }
 
     fn carry_out(&mut self, actions: Vec<Action>) {
@@ -364,8 +432,11 @@ impl VolumeTask {
                 }
                 let _ = self.events.send(LeaseEvent::Recall(res));
             }
-            // Byte-range locks through the shell come with the cluster mount.
-            Action::RangeAnswer { .. } => {}
+            Action::RangeAnswer { req, outcome } => {
+                if let Some(tx) = self.ranges_waiting.remove(&req) {
+                    let _ = tx.send(outcome);
+                }
+            }
             Action::LostAll => {
                 self.auto_release.clear();
                 let _ = self.events.send(LeaseEvent::LostAll);
