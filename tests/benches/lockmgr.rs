@@ -97,15 +97,7 @@ fn main() {
         let (new, next) = c.wait_for_coordinator(&rest, status.epoch, LIMIT);
         failover_s.push(killed.elapsed().as_secs_f64());
         c.restart(current);
-        // Wait for the restarted node to follow the new coordinator.
-        let deadline = Instant::now() + LIMIT;
-        while c
-            .volume_status(current)
-            .is_none_or(|v| v.coordinator != Some(new as u8 + 1))
-        {
-            assert!(Instant::now() < deadline, "{}", c.describe());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        c.wait_for_followers(&[current], new, LIMIT);
         std::thread::sleep(Duration::from_secs(1));
         current = new;
         status = next;

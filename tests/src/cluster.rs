@@ -212,6 +212,23 @@ impl Cluster {
         }
     }
 
+    /// Waits until every node of `nodes` follows (or is) the coordinator `coord`.
+    pub fn wait_for_followers(&self, nodes: &[usize], coord: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !nodes.iter().all(|&i| {
+            self.volume_status(i)
+                .is_some_and(|v| v.coordinator == Some(coord as u8 + 1))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "not every node of {nodes:?} follows {} within {timeout:?}\n{}",
+                self.nodes[coord].name,
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every node's view and the tail of its log, for failure messages.
     pub fn describe(&self) -> String {
         let mut out = String::new();

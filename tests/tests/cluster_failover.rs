@@ -41,19 +41,7 @@ fn kill_9_of_the_coordinator_moves_the_reservation_and_fences_its_key() {
         "coordinator: {} in epoch {} (key {:#x})",
         c.nodes[old].name, first.epoch, first.key
     );
-    // Every node follows it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !all.iter().all(|&i| {
-        c.volume_status(i)
-            .is_some_and(|v| v.coordinator == Some(old as u8 + 1))
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "not every node follows the coordinator\n{}",
-            c.describe()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_for_followers(&all, old, Duration::from_secs(10));
 
     // A lease through the coordinator's lockspace, from a follower.
     let follower = all.iter().copied().find(|&i| i != old).unwrap();

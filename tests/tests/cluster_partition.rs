@@ -69,15 +69,7 @@ fn a_node_cut_off_from_its_peers_loses_its_lease_only_once_fenced_and_rejoins() 
     let (coord, first) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
     let others: Vec<usize> = (0..3).filter(|&i| i != coord).collect();
     let (cut, other) = (others[0], others[1]);
-    // Everyone follows before the cut.
-    let deadline = Instant::now() + LIMIT;
-    while !others.iter().all(|&i| {
-        c.volume_status(i)
-            .is_some_and(|v| v.coordinator == Some(coord as u8 + 1))
-    }) {
-        assert!(Instant::now() < deadline, "{}", c.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_for_followers(&others, coord, LIMIT);
 
     let _held = acquire(&c, cut, "vm-disk");
     let before = c.volume_status(cut).unwrap();

@@ -37,14 +37,7 @@ fn byte_range_locks_conflict_wait_and_go_with_their_holder() {
     let mut c = Cluster::start(&s.path("cluster"), 3, VOL, &mkfs_url);
     let (coord, _) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
     let followers: Vec<usize> = (0..3).filter(|&i| i != coord).collect();
-    let deadline = Instant::now() + LIMIT;
-    while !followers.iter().all(|&i| {
-        c.volume_status(i)
-            .is_some_and(|v| v.coordinator == Some(coord as u8 + 1))
-    }) {
-        assert!(Instant::now() < deadline, "{}", c.describe());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    c.wait_for_followers(&followers, coord, LIMIT);
     let (a, b) = (coord, followers[0]);
     let node_id = |i: usize| i as u8 + 1;
 
