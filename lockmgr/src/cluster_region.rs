@@ -228,12 +228,17 @@ impl<'a> ClusterRegion<'a> {
         }
     }
 
-    /// Every slot written, by node id.
+    /// Every slot written, by node id. A damaged slot is left out (a live node
+    /// rewrites its slot at every heartbeat; one damaged block must not hide the
+    /// others); the device failing is an error.
     pub fn read_slots(&self) -> Result<Vec<HeartbeatSlot>, RegionError> {
         let mut out = Vec::new();
         for node in 1..=NodeId::MAX {
-            if let Some(s) = self.read_slot(node)? {
-                out.push(s);
+            match self.read_slot(node) {
+                Ok(Some(s)) => out.push(s),
+                Ok(None) => {}
+                Err(RegionError::Device(e)) => return Err(RegionError::Device(e)),
+                Err(e) => tracing::warn!(slot = node, error = %e, "damaged heartbeat slot skipped"),
             }
         }
         Ok(out)

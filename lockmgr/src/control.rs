@@ -22,6 +22,9 @@ use tracing::warn;
 use crate::protocol::{LockKind, Mode, RangeOp, RangeOutcome, ResourceId};
 use crate::shell::{Shell, VolumeStatus};
 
+/// The longest wait a control request may ask for (a day).
+pub const MAX_WAIT_MS: u64 = 24 * 3600 * 1000;
+
 /// The control socket of node `node` under the run directory `run_dir`.
 pub fn socket_path(run_dir: &Path, node: &str) -> PathBuf {
     run_dir.join(format!("{node}.sock"))
@@ -236,6 +239,9 @@ pub fn resource_id(name: &str) -> ResourceId {
 pub fn serve(shell: Arc<Shell>, path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+        // Root only, before the socket exists: nobody else can reach it in the moment
+        // between bind and chmod.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -262,13 +268,43 @@ async fn serve_client(shell: Arc<Shell>, stream: UnixStream) {
     let mut lines = tokio::io::BufReader::new(read).lines();
     let mut held: BTreeSet<(String, ResourceId)> = BTreeSet::new();
     let mut owners: BTreeSet<(String, u64, u64)> = BTreeSet::new();
-    while let Ok(Some(line)) = lines.next_line().await {
+    // A line that came while a request was being answered.
+    let mut next: Option<String> = None;
+    let mut gone = false;
+    while !gone {
+        let line = match next.take() {
+            Some(l) => l,
+            None => match lines.next_line().await {
+                Ok(Some(l)) => l,
+                _ => break,
+            },
+        };
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(r) => answer(&shell, r, &mut held, &mut owners).await,
+            Ok(r) => {
+                // Watch the socket while waiting: a client that dies during a long
+                // wait gives up the wait (dropping it cancels it) and what it holds.
+                let work = answer(&shell, r, &mut held, &mut owners);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        l = lines.next_line(), if next.is_none() => match l {
+                            Ok(Some(l)) => next = Some(l),
+                            _ => {
+                                gone = true;
+                                break Response::Done;
+                            }
+                        },
+                    }
+                }
+            }
             Err(e) => Response::Error {
                 message: format!("bad control request: {e}"),
             },
         };
+        if gone {
+            break;
+        }
         let mut out = serde_json::to_string(&response).unwrap_or_default();
         out.push('\n');
         if write.write_all(out.as_bytes()).await.is_err() {
@@ -330,7 +366,12 @@ async fn answer(
                 Mode::Shared
             };
             match v
-                .acquire(res, mode, true, Duration::from_millis(timeout_ms))
+                .acquire(
+                    res,
+                    mode,
+                    true,
+                    Duration::from_millis(timeout_ms.min(MAX_WAIT_MS)),
+                )
                 .await
             {
                 Ok(epoch) => {
@@ -362,7 +403,7 @@ async fn answer(
                 return no_volume(&volume);
             };
             owners.insert((volume.clone(), file, owner));
-            let within = Some(Duration::from_millis(timeout_ms));
+            let within = Some(Duration::from_millis(timeout_ms.min(MAX_WAIT_MS)));
             match v.range(file, owner, lock.op(), within).await {
                 Ok(o) => Response::Lock { answer: o.into() },
                 Err(e) => Response::Error {

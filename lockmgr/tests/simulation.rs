@@ -1,6 +1,7 @@
 //! Deterministic simulation of the lock manager's protocol: three nodes, simulated
 //! time, a network that loses, delays and reorders messages and can be partitioned,
-//! nodes that crash and restart, paths to the LUN that reconnect, and a target that
+//! nodes that crash and restart, paths to the LUN that reconnect, stall or fail for a
+//! while (the node still on the network), and a target that
 //! behaves as tgtd does (`blockdev::PrState`: registrations belong to a session, no
 //! PREEMPT AND ABORT, nothing kept across a restart; writes it accepted land later).
 //!
@@ -90,6 +91,7 @@ enum Ev {
     TargetRestart,
     Cut(NodeId, bool),
     Stall(NodeId, Millis),
+    PathDown(NodeId, Millis),
 }
 
 /// The user of a node's leases and byte-range locks.
@@ -114,6 +116,8 @@ struct SimNode {
     reconnect_pending: bool,
     /// The node's path to the LUN answers nothing until then (a stalled path).
     stalled_until: Millis,
+    /// The node's path to the LUN fails every operation until then (a lost path).
+    path_down_until: Millis,
     app: App,
     next_meta: Millis,
 }
@@ -169,6 +173,7 @@ impl World {
                     session: 0,
                     reconnect_pending: false,
                     stalled_until: 0,
+                    path_down_until: 0,
                     app: App::default(),
                     next_meta: 0,
                 },
@@ -193,7 +198,11 @@ impl World {
         for _ in 0..faults {
             let t = self.rng.range(1_000, CHAOS_END - 1_000);
             let n = self.rng.range(1, u64::from(NODES)) as NodeId;
-            match self.rng.below(6) {
+            match self.rng.below(7) {
+                6 => {
+                    let until = t + self.rng.range(500, 4_000);
+                    self.at(t, Ev::PathDown(n, until));
+                }
                 5 => {
                     let until = t + self.rng.range(300, 3_000);
                     self.at(t, Ev::Stall(n, until));
@@ -321,6 +330,7 @@ impl World {
                 let s = &self.nodes[&node];
                 if s.life == life
                     && !s.reconnect_pending
+                    && self.now >= s.path_down_until
                     && self.target.may_write(&nexus(node, s.session))
                 {
                     let d = self.rng.range(0, 100);
@@ -381,6 +391,10 @@ impl World {
                     s.reconnect_pending = true;
                 }
             }
+            Ev::PathDown(n, until) => {
+                self.note(format!("n{n} PATH DOWN until {until}"));
+                self.nodes.get_mut(&n).expect("node").path_down_until = until;
+            }
             Ev::Stall(n, until) => {
                 self.note(format!("n{n} DISK STALL until {until}"));
                 self.nodes.get_mut(&n).expect("node").stalled_until = until;
@@ -402,7 +416,7 @@ impl World {
     /// The target's answer to a disk operation, as tgtd gives it.
     fn target_op(&mut self, node: NodeId, life: u32, op: &DiskOp) -> DiskReply {
         let s = self.nodes.get_mut(&node).expect("node");
-        if s.life != life {
+        if s.life != life || self.now < s.path_down_until {
             return DiskReply::PossiblyFenced;
         }
         if s.reconnect_pending {

@@ -119,12 +119,24 @@ impl RangeLocks {
         false
     }
 
-    /// Gives up a waiting request (the caller was interrupted).
-    pub fn cancel(&mut self, id: u64) {
-        for q in self.waiting.values_mut() {
-            q.retain(|b| b.id != id);
+    /// Gives up a waiting request (the caller was interrupted); returns the requests
+    /// that were queued behind it and are granted now.
+    pub fn cancel(&mut self, id: u64) -> Vec<Blocked> {
+        let files: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, q)| q.iter().any(|b| b.id == id))
+            .map(|(f, _)| *f)
+            .collect();
+        let mut granted = Vec::new();
+        for f in files {
+            if let Some(q) = self.waiting.get_mut(&f) {
+                q.retain(|b| b.id != id);
+            }
+            granted.extend(self.wake(f));
         }
         self.waiting.retain(|_, q| !q.is_empty());
+        granted
     }
 
     /// F_UNLCK of `[start, end)` by `owner`; returns the waiting requests now granted.

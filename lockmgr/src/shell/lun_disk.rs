@@ -111,6 +111,9 @@ impl LunDisk {
     }
 }
 
+/// How long the disk thread pauses after a failed operation before it answers.
+const FAILURE_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Milliseconds since the Unix epoch.
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
@@ -126,6 +129,9 @@ fn reply(r: Result<DiskReply, BlockError>) -> DiskReply {
         Err(BlockError::Fenced { .. }) => DiskReply::Conflict,
         Err(e) => {
             warn!(error = %e, "disk operation failed");
+            // The protocol asks again at once (a new registration): a path that fails
+            // fast must not turn that into a busy loop.
+            std::thread::sleep(FAILURE_PAUSE);
             DiskReply::PossiblyFenced
         }
     }

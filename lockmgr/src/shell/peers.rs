@@ -26,6 +26,9 @@ pub const CONFIG_MISMATCH: u32 = 16;
 /// How long a peer has to answer the hello of the start-up check.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a node waits before it dials again a peer whose configuration differs.
+const MISMATCH_RETRY: Duration = Duration::from_secs(30);
+
 /// How many frames may wait for one peer.
 const QUEUE: usize = 1024;
 
@@ -156,13 +159,16 @@ async fn send_loop(
         let (conn, mut stream) = match attempt.await {
             Ok(s) => s,
             Err(e) => {
+                let mismatch = e.contains("differs");
                 if !logged_down {
                     warn!(peer, error = %e, "peer unreachable; retrying");
                     logged_down = true;
                 }
                 // What was queued while the peer was away is stale: drop it.
                 while rx.try_recv().is_ok() {}
-                tokio::time::sleep(retry).await;
+                // A peer with another configuration stays so until someone fixes it.
+                let wait = if mismatch { MISMATCH_RETRY } else { retry };
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };

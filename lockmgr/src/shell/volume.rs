@@ -114,14 +114,20 @@ impl VolumeHandle {
                 done,
             })
             .map_err(|_| LeaseError::Stopped)?;
-        match tokio::time::timeout(within, rx).await {
+        // Until granted, this caller counts as a user of the lease: a timeout, or the
+        // caller giving up (dropping this future), lets go of it.
+        let mut user = UserGuard {
+            handle: self,
+            res,
+            armed: true,
+        };
+        let r = match tokio::time::timeout(within, rx).await {
             Ok(Ok(epoch)) => Ok(epoch),
             Ok(Err(_)) => Err(LeaseError::Stopped),
-            Err(_) => {
-                let _ = self.commands.send(Command::Release { res });
-                Err(LeaseError::Timeout(within))
-            }
-        }
+            Err(_) => Err(LeaseError::Timeout(within)),
+        };
+        user.armed = r.is_err();
+        r
     }
 
     /// A byte-range lock operation of lock owner `owner` on `file`, answered by the
@@ -173,6 +179,21 @@ impl VolumeHandle {
     }
 }
 
+/// Releases a lease request whose caller did not get it.
+struct UserGuard<'a> {
+    handle: &'a VolumeHandle,
+    res: ResourceId,
+    armed: bool,
+}
+
+impl Drop for UserGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.handle.release(self.res);
+        }
+    }
+}
+
 /// What a volume service needs to start.
 pub struct VolumeSetup {
     /// The label.
@@ -201,13 +222,19 @@ pub fn start(
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
-    let from_lun = setup
-        .disk
-        .region()
-        .read_slot(setup.node)
-        .ok()
-        .flatten()
-        .map_or(0, |s| s.incarnation);
+    // A slot that cannot be read must not be taken for "never written": the
+    // incarnation could repeat one the node used before.
+    let from_lun = match setup.disk.region().read_slot(setup.node) {
+        Ok(slot) => slot.map_or(0, |s| s.incarnation),
+        Err(crate::cluster_region::RegionError::Device(e)) => {
+            return Err(std::io::Error::other(format!(
+                "volume {}: cannot read this node's heartbeat slot: {e}",
+                setup.label
+            )));
+        }
+        // A damaged slot: the file's number (and the rewrite that follows) decide.
+        Err(_) => 0,
+    };
     let incarnation = from_file.max(from_lun) + 1;
     save_incarnation(&setup.incarnation_file, incarnation)?;
 
@@ -254,6 +281,8 @@ pub fn start(
         peers,
         disk_ops: op_tx,
         incarnation_file: setup.incarnation_file,
+        saved_incarnation: incarnation,
+        users: BTreeMap::new(),
         waiting: BTreeMap::new(),
         ranges_waiting: BTreeMap::new(),
         auto_release: BTreeSet::new(),
@@ -276,7 +305,11 @@ fn save_incarnation(path: &PathBuf, incarnation: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{incarnation}\n"))?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn millis(clock: Instant) -> Millis {
@@ -290,7 +323,11 @@ struct VolumeTask {
     peers: Peers,
     disk_ops: std::sync::mpsc::Sender<(u64, DiskOp, u32)>,
     incarnation_file: PathBuf,
-    waiting: BTreeMap<ResourceId, Vec<oneshot::Sender<Epoch>>>,
+    saved_incarnation: u32,
+    /// How many users of this node hold or wait for each lease.
+    users: BTreeMap<ResourceId, usize>,
+    /// Users waiting for a grant, with the mode each wants.
+    waiting: BTreeMap<ResourceId, Vec<(Mode, oneshot::Sender<Epoch>)>>,
     ranges_waiting: BTreeMap<u64, oneshot::Sender<RangeOutcome>>,
     auto_release: BTreeSet<ResourceId>,
     events: broadcast::Sender<LeaseEvent>,
@@ -348,14 +385,23 @@ impl VolumeTask {
                 if auto_release {
                     self.auto_release.insert(res);
                 }
-                if self.node.valid_leases(now).contains(&(res, mode)) {
+                *self.users.entry(res).or_default() += 1;
+                let held = self.node.valid_leases(now);
+                if held.contains(&(res, mode)) || held.contains(&(res, Mode::Exclusive)) {
                     let _ = done.send(self.node.epoch());
                     return Vec::new();
                 }
-                self.waiting.entry(res).or_default().push(done);
+                self.waiting.entry(res).or_default().push((mode, done));
                 self.node.acquire(now, res, mode).1
             }
             Command::Release { res } => {
+                // The lease is the node's: it goes when its last user lets go.
+                let users = self.users.entry(res).or_default();
+                *users = users.saturating_sub(1);
+                if *users > 0 {
+                    return Vec::new();
+                }
+                self.users.remove(&res);
                 self.auto_release.remove(&res);
                 self.waiting.remove(&res);
                 self.node.release(now, res)
@@ -416,14 +462,34 @@ impl VolumeTask {
             }
             Action::Disk { id, op } => {
                 let incarnation = self.node.incarnation();
-                if let Err(e) = save_incarnation(&self.incarnation_file, incarnation) {
-                    error!(volume = self.label, error = %e, "cannot record the incarnation");
+                if incarnation != self.saved_incarnation {
+                    // A new incarnation is on disk before it is used: a restart must
+                    // never use it again.
+                    if let Err(e) = save_incarnation(&self.incarnation_file, incarnation) {
+                        error!(
+                            volume = self.label,
+                            file = %self.incarnation_file.display(),
+                            error = %e,
+                            "cannot record the new incarnation: this node stays out of the volume"
+                        );
+                        return Vec::new();
+                    }
+                    self.saved_incarnation = incarnation;
                 }
                 let _ = self.disk_ops.send((id, op, incarnation));
             }
-            Action::Granted { res, .. } => {
-                for w in self.waiting.remove(&res).unwrap_or_default() {
-                    let _ = w.send(self.node.epoch());
+            Action::Granted { res, mode, .. } => {
+                let epoch = self.node.epoch();
+                if let Some(ws) = self.waiting.remove(&res) {
+                    let (served, rest): (Vec<_>, Vec<_>) = ws
+                        .into_iter()
+                        .partition(|(want, _)| *want == mode || mode == Mode::Exclusive);
+                    for (_, w) in served {
+                        let _ = w.send(epoch);
+                    }
+                    if !rest.is_empty() {
+                        self.waiting.insert(res, rest);
+                    }
                 }
             }
             Action::Recall { res } => {

@@ -50,8 +50,10 @@ enum Purpose {
     },
     /// READ KEYS to fence a node: its keys up to the incarnation judged dead.
     FindKeysOf(NodeId, u32),
-    FenceMember(NodeId, Key),
-    AfterFenceConflict(NodeId, Key),
+    /// PREEMPT of one of a member's keys; `true` for the last of them (the member is
+    /// fenced only once every key it had is gone).
+    FenceMember(NodeId, Key, bool),
+    AfterFenceConflict(NodeId, Key, bool),
     /// Reads the silent coordinator's heartbeat slot: first to remember it, then,
     /// after a few heartbeats, to see whether it moved.
     CheckAlive {
@@ -106,6 +108,8 @@ pub struct Node {
     phase: Phase,
     epoch: Epoch,
     last_heard: BTreeMap<NodeId, Millis>,
+    /// When the followed node last spoke as coordinator.
+    coordinating_since: Millis,
     peer_incarnation: BTreeMap<NodeId, u32>,
     next_heartbeat: Millis,
     next_disk_heartbeat: Millis,
@@ -149,6 +153,7 @@ impl Node {
             phase: Phase::Joining,
             epoch: 0,
             last_heard: BTreeMap::new(),
+            coordinating_since: 0,
             peer_incarnation: BTreeMap::new(),
             next_heartbeat: now,
             next_disk_heartbeat: now,
@@ -255,8 +260,10 @@ impl Node {
         (req, std::mem::take(&mut self.out))
     }
 
-    /// Gives a lease back (after a recall, or when done with it).
+    /// Gives a lease back (after a recall, or when done with it), and gives up the
+    /// requests for it still waiting (a grant that comes later is given back).
     pub fn release(&mut self, now: Millis, res: ResourceId) -> Vec<Action> {
+        self.pending.retain(|_, (r, _, _)| *r != res);
         if let Some((_, req)) = self.leases.remove(&res) {
             self.send_release(now, res, req);
         }
@@ -312,7 +319,7 @@ impl Node {
         }
         match self.phase {
             Phase::Follower(c) => {
-                if now.saturating_sub(self.heard(c)) >= self.timing.fence {
+                if self.silent_coordinator(now, c) {
                     self.check_alive(now, c);
                 } else if now >= self.next_resend {
                     self.next_resend = now + self.timing.lease / 2;
@@ -397,8 +404,16 @@ impl Node {
             // Give the coordinator a full fencing timeout from now.
             self.last_heard
                 .insert(coordinator, now.max(self.heard(coordinator)));
+            self.coordinating_since = now;
             self.next_resend = now;
         }
+    }
+
+    /// True when the followed coordinator `c` has been silent, or has not spoken as
+    /// coordinator, for a fencing timeout.
+    fn silent_coordinator(&self, now: Millis, c: NodeId) -> bool {
+        now.saturating_sub(self.heard(c)) >= self.timing.fence
+            || now.saturating_sub(self.coordinating_since) >= self.timing.fence
     }
 
     /// The coordinator `c` has been silent for a fencing timeout. It may be dead, or
@@ -443,8 +458,7 @@ impl Node {
         let Some(mut a) = self.alive_check.filter(|a| a.coordinator == c) else {
             return;
         };
-        if self.phase != Phase::Follower(c) || now.saturating_sub(self.heard(c)) < self.timing.fence
-        {
+        if self.phase != Phase::Follower(c) || !self.silent_coordinator(now, c) {
             // No longer following it, or it spoke meanwhile.
             self.alive_check = None;
             return;
@@ -465,6 +479,7 @@ impl Node {
                 "coordinator silent but its disk heartbeat moves: not taking over"
             );
             self.last_heard.insert(c, now);
+            self.coordinating_since = now;
         } else {
             self.take_over(c);
         }
@@ -569,6 +584,11 @@ impl Node {
             let deferred = std::mem::take(&mut self.coord.as_mut().expect("coordinating").deferred);
             self.apply(now, deferred);
             self.coord_ranges_catch_up(now);
+            if now >= self.next_resend {
+                // This node's own requests that came while it was not serving.
+                self.next_resend = now + self.timing.heartbeat;
+                self.resend_ranges(now);
+            }
         }
         for p in self.peers.clone() {
             let c = self.coord.as_ref().expect("coordinating");
@@ -639,6 +659,23 @@ impl Node {
         }
         self.peer_incarnation.insert(from, incarnation);
         self.last_heard.insert(from, now);
+        // The node this one follows is heard as coordinator only while it says it
+        // coordinates (or answers as one): a coordinator that lost its own path to the
+        // LUN rejoins and goes on sending heartbeats, and must still be taken over.
+        let as_coordinator = !matches!(
+            msg,
+            Msg::Heartbeat {
+                coordinator: false,
+                ..
+            } | Msg::Acquire { .. }
+                | Msg::Release { .. }
+                | Msg::Holdings { .. }
+                | Msg::Range { .. }
+                | Msg::RangeCancel { .. }
+        );
+        if as_coordinator && self.phase == Phase::Follower(from) {
+            self.coordinating_since = now;
+        }
         match msg {
             Msg::Heartbeat {
                 sent,
@@ -650,7 +687,13 @@ impl Node {
                 } else if coordinator && epoch == self.epoch && self.phase == Phase::Joining {
                     self.follow(now, from);
                 }
-                if self.serving_epoch(now).is_some() {
+                // A member being fenced gets no renewal: its leases must run out by
+                // the time they are freed, which counts from its last acknowledgement.
+                let fencing = self
+                    .coord
+                    .as_ref()
+                    .is_some_and(|c| c.fencing.contains(&from));
+                if self.serving_epoch(now).is_some() && !fencing {
                     self.send(
                         from,
                         Msg::HeartbeatAck {
@@ -681,6 +724,14 @@ impl Node {
                     mode,
                     sent,
                 };
+                if self
+                    .coord
+                    .as_ref()
+                    .is_some_and(|c| c.fencing.contains(&from))
+                {
+                    // Nothing new for a member being fenced.
+                    return;
+                }
                 match self.phase {
                     Phase::Coordinator => self.lockspace_acquire(now, res, w),
                     Phase::Rebuilding => {
@@ -823,6 +874,9 @@ impl Node {
         };
         c.drop_at.retain(|(n, _)| *n != node);
         c.fencing.remove(&node);
+        // Requests of the earlier life that came while the lockspace was being rebuilt
+        // go too: granted, they would go to a life that no longer exists.
+        c.early.retain(|(w, _)| w.node != node);
         let d = c.lockspace.drop_node(node, now, recall);
         self.apply(now, d);
         self.coord_ranges_drop_node(now, node);
@@ -959,16 +1013,25 @@ impl Node {
                 Decision::Grant(res, w) if w.node == self.id => {
                     self.take_grant(now, w.req, res, w.mode);
                 }
-                Decision::Grant(res, w) => self.send(
-                    w.node,
-                    Msg::Grant {
-                        epoch: self.epoch,
-                        req: w.req,
-                        res,
-                        mode: w.mode,
-                        sent: w.sent,
-                    },
-                ),
+                Decision::Grant(res, w) => {
+                    // A grant renews the holder's leases until `sent + lease`, like an
+                    // acknowledged heartbeat: what is freed after the holder is fenced
+                    // must wait for this one too.
+                    if let Some(c) = self.coord.as_mut() {
+                        let t = c.last_ack.entry(w.node).or_insert(0);
+                        *t = (*t).max(now);
+                    }
+                    self.send(
+                        w.node,
+                        Msg::Grant {
+                            epoch: self.epoch,
+                            req: w.req,
+                            res,
+                            mode: w.mode,
+                            sent: w.sent,
+                        },
+                    )
+                }
                 Decision::Recall(res, n, req) if n == self.id => self.take_recall(now, res, req),
                 Decision::Recall(res, n, req) => self.send(
                     n,
@@ -1093,10 +1156,12 @@ impl Node {
                 self.last_disk_ok = Some(self.last_disk_ok.unwrap_or(0).max(issued));
             }
             (Purpose::FindKeysOf(node, upto), DiskReply::Keys(keys)) => {
-                let victims: Vec<Key> = keys
+                let mut victims: Vec<Key> = keys
                     .into_iter()
                     .filter(|k| key_owner(*k).is_some_and(|(n, i)| n == node && i <= upto))
                     .collect();
+                victims.sort_unstable();
+                victims.dedup();
                 if victims.is_empty() {
                     self.member_fenced(
                         now,
@@ -1104,28 +1169,36 @@ impl Node {
                         upto.min(self.peer_incarnation.get(&node).copied().unwrap_or(0)),
                     );
                 }
-                for v in victims {
+                let n = victims.len();
+                for (i, v) in victims.into_iter().enumerate() {
                     self.queue_disk(
                         DiskOp::Preempt {
                             key: self.key(),
                             victim: v,
                         },
-                        Purpose::FenceMember(node, v),
+                        Purpose::FenceMember(node, v, i + 1 == n),
                     );
                 }
             }
-            (Purpose::FenceMember(node, victim), DiskReply::Done) => {
-                let inc = key_owner(victim).map_or(0, |(_, i)| i);
-                self.member_fenced(now, node, inc);
-            }
-            (Purpose::FenceMember(node, victim), _) if conflict => {
-                self.queue_disk(DiskOp::ReadKeys, Purpose::AfterFenceConflict(node, victim));
-            }
-            (Purpose::AfterFenceConflict(node, victim), DiskReply::Keys(keys)) => {
-                if keys.contains(&self.key()) {
-                    // The victim's key was gone already.
+            (Purpose::FenceMember(node, victim, last), DiskReply::Done) => {
+                if last {
                     let inc = key_owner(victim).map_or(0, |(_, i)| i);
                     self.member_fenced(now, node, inc);
+                }
+            }
+            (Purpose::FenceMember(node, victim, last), _) if conflict => {
+                self.queue_disk(
+                    DiskOp::ReadKeys,
+                    Purpose::AfterFenceConflict(node, victim, last),
+                );
+            }
+            (Purpose::AfterFenceConflict(node, victim, last), DiskReply::Keys(keys)) => {
+                if keys.contains(&self.key()) {
+                    // The victim's key was gone already.
+                    if last {
+                        let inc = key_owner(victim).map_or(0, |(_, i)| i);
+                        self.member_fenced(now, node, inc);
+                    }
                 } else {
                     self.fenced(now);
                 }

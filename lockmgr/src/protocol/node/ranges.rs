@@ -7,16 +7,21 @@
 //! - a node's requests carry its request numbers (unique across its lives); they are
 //!   resent to the coordinator until answered, and the coordinator applies each once
 //!   (it remembers its recent answers per node and repeats them);
-//! - the requests of one lock owner on one file go one at a time, in order: a lost
-//!   unlock resent after a later lock would otherwise undo that lock (an owner's
-//!   F_SETLKW that waits holds back that owner's later requests on that file until it
-//!   is granted or given up);
+//! - the requests of one lock owner on one file go one at a time, in order (a queue
+//!   per file and owner): a lost unlock resent after a later lock would otherwise undo
+//!   that lock. An owner's F_SETLKW that waits holds back that owner's later requests
+//!   on that file until it is granted or given up;
+//! - a wait given up (the caller interrupted) stays at the head of its queue as a
+//!   cancel until the coordinator answers it: `Busy` if it still waited, `Done` if it
+//!   had been granted meanwhile, in which case the node unlocks that range before any
+//!   later request of the owner (the owner's locks it had replaced are not restored);
 //! - an unlock or release takes effect in the node's mirror when it is sent (its
 //!   turn has come: the caller has given the lock up), a lock when granted; so the
 //!   mirror never claims what the coordinator may have given to another node; a lock
 //!   request takes the owner's locks under its range out of the mirror when sent (the
 //!   coordinator may replace them, a downgrade), and puts them back if it is refused;
-//! - a new coordinator rebuilds the table from what every node reports (its mirror);
+//! - a new coordinator rebuilds the table from what every node reports (its mirror,
+//!   and the locks a request in flight may replace);
 //! - the locks of a node go when it is fenced (with its leases) or when it speaks
 //!   with a new incarnation; a fenced node forgets its mirror and answers every
 //!   request still waiting with [`RangeOutcome::Lost`].
@@ -43,18 +48,28 @@ pub(super) struct RangeTable {
     woken_later: Vec<Blocked>,
 }
 
+/// One request of this node.
+#[derive(Debug)]
+struct Pending {
+    file: u64,
+    owner: u64,
+    op: RangeOp,
+    /// Sent at least once (its effect on the mirror is applied).
+    sent: bool,
+    /// For a lock: the owner's locks it took out of the mirror.
+    displaced: Vec<RangeLock>,
+    /// Given up by its caller: a cancel goes instead.
+    cancelled: bool,
+}
+
 /// A node's part.
 #[derive(Debug, Default)]
 pub(super) struct RangeClient {
-    /// Requests not answered yet: request → (file, owner, op).
-    pending: BTreeMap<u64, (u64, u64, RangeOp)>,
-    /// Requests already applied to the mirror; for a lock, the owner's locks it took
-    /// out (put back if the lock is refused).
-    mirrored: BTreeMap<u64, Vec<RangeLock>>,
+    pending: BTreeMap<u64, Pending>,
+    /// The requests of each (file, owner), in order; the head is the one out.
+    queues: BTreeMap<(u64, u64), VecDeque<u64>>,
     /// The locks this node holds.
     mirror: RangeLocks,
-    /// F_SETLKW requests given up: if the grant comes anyway, the lock is unlocked.
-    cancelled: BTreeMap<u64, (u64, u64, u64, u64)>,
 }
 
 impl Node {
@@ -67,38 +82,26 @@ impl Node {
         owner: u64,
         op: RangeOp,
     ) -> (u64, Vec<Action>) {
-        let req = self.new_req();
-        self.ranges.pending.insert(req, (file, owner, op));
-        self.send_range(now, req);
+        let req = self.queue_range(now, file, owner, op, false);
         (req, std::mem::take(&mut self.out))
     }
 
-    /// Gives up a waiting F_SETLKW request (its caller was interrupted).
+    /// Gives up a request (its caller was interrupted): no answer comes for it. One
+    /// already out is cancelled at the coordinator.
     pub fn range_cancel(&mut self, now: Millis, req: u64) -> Vec<Action> {
-        if let Some(&(file, owner, RangeOp::Lock { start, end, .. })) =
-            self.ranges.pending.get(&req)
-        {
-            let was_head = self.head_of(file, owner) == Some(req);
-            self.ranges.pending.remove(&req);
-            self.ranges.mirrored.remove(&req);
-            if !was_head {
-                // Never sent: nothing to undo.
-                return std::mem::take(&mut self.out);
-            }
-            self.ranges.cancelled.insert(req, (file, owner, start, end));
-            match self.phase {
-                Phase::Follower(c) => self.send(
-                    c,
-                    Msg::RangeCancel {
-                        epoch: self.epoch,
-                        req,
-                    },
-                ),
-                Phase::Coordinator => self.coord_range_cancel(now, self.id, req),
-                _ => {}
-            }
-            if let Some(next) = self.head_of(file, owner) {
-                self.send_range(now, next);
+        if let Some(p) = self.ranges.pending.get_mut(&req) {
+            if p.sent {
+                p.cancelled = true;
+                self.send_range(now, req);
+            } else {
+                let key = (p.file, p.owner);
+                self.ranges.pending.remove(&req);
+                if let Some(q) = self.ranges.queues.get_mut(&key) {
+                    q.retain(|r| *r != req);
+                    if q.is_empty() {
+                        self.ranges.queues.remove(&key);
+                    }
+                }
             }
         }
         std::mem::take(&mut self.out)
@@ -114,56 +117,82 @@ impl Node {
         !self.ranges.mirror.is_empty()
     }
 
-    /// Byte-range requests outstanding.
+    /// Byte-range requests outstanding (cancels included).
     pub fn range_pending(&self) -> usize {
         self.ranges.pending.len()
     }
 
-    /// The request of `file` and `owner` to send now: the oldest pending.
-    fn head_of(&self, file: u64, owner: u64) -> Option<u64> {
-        self.ranges
-            .pending
-            .iter()
-            .find(|(_, (f, o, _))| *f == file && *o == owner)
-            .map(|(r, _)| *r)
+    fn queue_range(&mut self, now: Millis, file: u64, owner: u64, op: RangeOp, first: bool) -> u64 {
+        let req = self.new_req();
+        self.ranges.pending.insert(
+            req,
+            Pending {
+                file,
+                owner,
+                op,
+                sent: false,
+                displaced: Vec::new(),
+                cancelled: false,
+            },
+        );
+        let q = self.ranges.queues.entry((file, owner)).or_default();
+        if first {
+            q.push_front(req);
+        } else {
+            q.push_back(req);
+        }
+        self.send_range(now, req);
+        req
     }
 
+    fn is_head(&self, req: u64) -> bool {
+        self.ranges.pending.get(&req).is_some_and(|p| {
+            self.ranges
+                .queues
+                .get(&(p.file, p.owner))
+                .and_then(|q| q.front())
+                == Some(&req)
+        })
+    }
+
+    /// Sends `req` if its turn has come (applying its effect on the mirror the first
+    /// time): the request, or its cancel.
     pub(super) fn send_range(&mut self, now: Millis, req: u64) {
-        let Some(&(file, owner, op)) = self.ranges.pending.get(&req) else {
-            return;
-        };
-        if self.head_of(file, owner) != Some(req) {
+        if !self.is_head(req) {
             return;
         }
-        if !self.ranges.mirrored.contains_key(&req) {
-            let me = Owner {
-                node: self.id,
-                owner,
-            };
-            let mut displaced = Vec::new();
+        let me = self.id;
+        let p = self
+            .ranges
+            .pending
+            .get_mut(&req)
+            .expect("a head is pending");
+        let (file, owner, op, cancelled) = (p.file, p.owner, p.op, p.cancelled);
+        if !p.sent {
+            p.sent = true;
+            let who = Owner { node: me, owner };
             match op {
                 RangeOp::Unlock { start, end } => {
-                    self.ranges.mirror.unlock(file, me, start, end);
+                    self.ranges.mirror.unlock(file, who, start, end);
                 }
                 RangeOp::Release => {
-                    self.ranges.mirror.release_owner(file, me);
+                    self.ranges.mirror.release_owner(file, who);
                 }
                 RangeOp::Lock { start, end, .. } => {
-                    displaced = self
+                    p.displaced = self
                         .ranges
                         .mirror
                         .held(file)
                         .into_iter()
-                        .filter(|l| l.owner == me && l.start < end && start < l.end)
+                        .filter(|l| l.owner == who && l.start < end && start < l.end)
                         .collect();
-                    self.ranges.mirror.unlock(file, me, start, end);
+                    self.ranges.mirror.unlock(file, who, start, end);
                 }
                 RangeOp::Test { .. } => {}
             }
-            self.ranges.mirrored.insert(req, displaced);
         }
-        match self.phase {
-            Phase::Follower(c) => self.send(
+        match (self.phase, cancelled) {
+            (Phase::Follower(c), false) => self.send(
                 c,
                 Msg::Range {
                     epoch: self.epoch,
@@ -173,71 +202,97 @@ impl Node {
                     op,
                 },
             ),
-            Phase::Coordinator => self.coord_range(now, self.id, req, file, owner, op),
+            (Phase::Follower(c), true) => self.send(
+                c,
+                Msg::RangeCancel {
+                    epoch: self.epoch,
+                    req,
+                },
+            ),
+            (Phase::Coordinator, false) => self.coord_range(now, self.id, req, file, owner, op),
+            (Phase::Coordinator, true) => self.coord_range_cancel(now, self.id, req),
             _ => {}
         }
     }
 
-    /// Sends every request not answered yet again.
+    /// Sends the head of every queue again.
     pub(super) fn resend_ranges(&mut self, now: Millis) {
-        let reqs: Vec<u64> = self.ranges.pending.keys().copied().collect();
-        for req in reqs {
+        let heads: Vec<u64> = self
+            .ranges
+            .queues
+            .values()
+            .filter_map(|q| q.front().copied())
+            .collect();
+        for req in heads {
             self.send_range(now, req);
         }
     }
 
-    /// The answer to one of this node's requests.
+    /// The answer to one of this node's requests (or to its cancel).
     pub(super) fn on_range_answer(&mut self, now: Millis, req: u64, outcome: RangeOutcome) {
-        if let Some((file, owner, start, end)) = self.ranges.cancelled.remove(&req) {
-            if outcome == RangeOutcome::Done {
-                // Granted after all: give it back.
-                self.range_request(now, file, owner, RangeOp::Unlock { start, end });
-            }
+        if !self.is_head(req) {
             return;
         }
-        let Some((file, owner, op)) = self.ranges.pending.remove(&req) else {
-            return;
-        };
-        let displaced = self.ranges.mirrored.remove(&req).unwrap_or_default();
+        let p = self.ranges.pending.remove(&req).expect("a head is pending");
+        let key = (p.file, p.owner);
+        if let Some(q) = self.ranges.queues.get_mut(&key) {
+            q.pop_front();
+        }
         let me = Owner {
             node: self.id,
-            owner,
+            owner: p.owner,
         };
-        match (op, outcome) {
+        match (p.op, outcome) {
             (
                 RangeOp::Lock {
                     kind, start, end, ..
                 },
                 RangeOutcome::Done,
             ) => {
-                self.ranges.mirror.try_lock(file, me, kind, start, end);
+                self.ranges.mirror.try_lock(p.file, me, kind, start, end);
+                if p.cancelled {
+                    // Granted before the cancel arrived: give it back before anything
+                    // the owner asked for later.
+                    self.queue_range(now, p.file, p.owner, RangeOp::Unlock { start, end }, true);
+                }
             }
             (RangeOp::Lock { .. }, _) => {
-                // Refused: the owner's locks stay as they were.
-                for l in displaced {
+                // Refused (or given up while it waited): the owner's locks stay.
+                for l in &p.displaced {
                     self.ranges
                         .mirror
-                        .try_lock(file, me, l.kind, l.start, l.end);
+                        .try_lock(p.file, me, l.kind, l.start, l.end);
                 }
             }
             _ => {}
         }
-        self.out.push(Action::RangeAnswer { req, outcome });
-        if let Some(next) = self.head_of(file, owner) {
-            self.send_range(now, next);
+        if !p.cancelled {
+            self.out.push(Action::RangeAnswer { req, outcome });
+        }
+        match self
+            .ranges
+            .queues
+            .get(&key)
+            .and_then(|q| q.front().copied())
+        {
+            Some(next) => self.send_range(now, next),
+            None => {
+                self.ranges.queues.remove(&key);
+            }
         }
     }
 
     /// Fenced: every lock is gone, every request waiting fails.
     pub(super) fn ranges_lost(&mut self) {
         self.ranges.mirror.clear();
-        self.ranges.cancelled.clear();
-        self.ranges.mirrored.clear();
-        for req in std::mem::take(&mut self.ranges.pending).into_keys() {
-            self.out.push(Action::RangeAnswer {
-                req,
-                outcome: RangeOutcome::Lost,
-            });
+        self.ranges.queues.clear();
+        for (req, p) in std::mem::take(&mut self.ranges.pending) {
+            if !p.cancelled {
+                self.out.push(Action::RangeAnswer {
+                    req,
+                    outcome: RangeOutcome::Lost,
+                });
+            }
         }
     }
 
@@ -245,10 +300,8 @@ impl Node {
     /// lock request in flight may replace (until it is answered they are still held).
     pub(super) fn ranges_report(&self) -> Vec<(u64, RangeLock)> {
         let mut all = self.ranges.mirror.all();
-        for (req, displaced) in &self.ranges.mirrored {
-            if let Some((file, _, _)) = self.ranges.pending.get(req) {
-                all.extend(displaced.iter().map(|l| (*file, *l)));
-            }
+        for p in self.ranges.pending.values() {
+            all.extend(p.displaced.iter().map(|l| (p.file, *l)));
         }
         all
     }
@@ -273,6 +326,10 @@ impl Node {
         let Some(c) = self.coord.as_mut() else {
             return;
         };
+        if c.fencing.contains(&from) {
+            // Nothing new for a member being fenced.
+            return;
+        }
         let t = &mut c.ranges;
         if let Some(&(_, outcome)) = t
             .answered
@@ -336,10 +393,25 @@ impl Node {
         self.wake_ranges(now, woken);
     }
 
-    pub(super) fn coord_range_cancel(&mut self, _now: Millis, from: NodeId, req: u64) {
+    /// A node gave up request `req`: if it still waits it goes (answered `Busy`);
+    /// if it was answered, the answer is repeated; if it never came, it is recorded
+    /// as refused, so that a late copy is not applied.
+    pub(super) fn coord_range_cancel(&mut self, now: Millis, from: NodeId, req: u64) {
+        if self.serving_epoch(now).is_none() {
+            return;
+        }
         let Some(c) = self.coord.as_mut() else {
             return;
         };
+        if let Some(&(_, outcome)) = c
+            .ranges
+            .answered
+            .get(&from)
+            .and_then(|q| q.iter().find(|(r, _)| *r == req))
+        {
+            self.answer_range(now, from, req, outcome);
+            return;
+        }
         let ids: Vec<u64> = c
             .ranges
             .waiters
@@ -347,10 +419,13 @@ impl Node {
             .filter(|(_, w)| **w == (from, req))
             .map(|(id, _)| *id)
             .collect();
+        let mut woken = Vec::new();
         for id in ids {
             c.ranges.waiters.remove(&id);
-            c.ranges.locks.cancel(id);
+            woken.extend(c.ranges.locks.cancel(id));
         }
+        self.answer_range(now, from, req, RangeOutcome::Busy);
+        self.wake_ranges(now, woken);
     }
 
     /// Answers the blocked requests that `woken` grants.
