@@ -118,3 +118,61 @@ fn kill_9_of_the_coordinator_moves_the_reservation_and_fences_its_key() {
         }
     }
 }
+
+#[test]
+fn a_target_restart_forgets_every_registration_and_the_nodes_elect_again() {
+    let s = Scratch::new();
+    let img = s.path("lun.img");
+    FileDevice::create_image(&img, 256 << 20).unwrap();
+    let mut t = Tgtd::start(&img, TgtdOptions::default());
+    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
+    let c = Cluster::start(&s.path("cluster"), 3, "Volume1", &mkfs_url);
+    let all = [0, 1, 2];
+    let (coord, first) = c.wait_for_coordinator(&all, 0, TAKEOVER_LIMIT);
+    c.wait_for_followers(&all, coord, Duration::from_secs(10));
+    let before: Vec<u64> = all
+        .iter()
+        .map(|&i| c.volume_status(i).unwrap().key)
+        .collect();
+
+    // tgtd keeps no registration across a restart (no APTPL).
+    let restarted = Instant::now();
+    t.kill_and_restart();
+    let (new, after) = c.wait_for_coordinator(&all, first.epoch, TAKEOVER_LIMIT);
+    println!(
+        "target restart: {} serves epoch {} after {:.2} s",
+        c.nodes[new].name,
+        after.epoch,
+        restarted.elapsed().as_secs_f64()
+    );
+    c.wait_for_followers(&all, new, TAKEOVER_LIMIT);
+    // Every node registered again, each with a new incarnation; the old keys are gone.
+    let w = witness(&t);
+    let deadline = Instant::now() + TAKEOVER_LIMIT;
+    loop {
+        let keys = w.read_keys().unwrap().keys;
+        let now: Vec<u64> = all
+            .iter()
+            .map(|&i| c.volume_status(i).unwrap().key)
+            .collect();
+        if now.iter().all(|k| keys.contains(k)) {
+            for (old, k) in before.iter().zip(&now) {
+                assert_ne!(old, k, "a node kept its incarnation across the restart");
+                assert!(!keys.contains(old), "{keys:x?} still holds {old:#x}");
+            }
+            assert_eq!(
+                w.read_reservation().unwrap().map(|h| h.key),
+                Some(after.key),
+                "{}",
+                c.describe()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every node registered again: {keys:x?} against {now:x?}\n{}",
+            c.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
