@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use lockmgr::cluster_region::{CoordinatorRecord, HeartbeatSlot, seal_for_fuzzing};
+use lockmgr::control::Request;
 use lockmgr::wire::Frame;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
@@ -57,4 +58,24 @@ fn cluster_region_corpus() {
     }
     println!("cluster_region: {accepted} of the corpus decode");
     assert!(accepted > 0, "no valid entry in the corpus");
+}
+
+#[test]
+fn control_request_corpus() {
+    let mut accepted = 0;
+    for f in corpus("control_request") {
+        let data = std::fs::read(&f).unwrap();
+        if let Ok(r) = serde_json::from_slice::<Request>(&data) {
+            let again = serde_json::to_vec(&r).unwrap();
+            assert_eq!(
+                serde_json::from_slice::<Request>(&again).unwrap(),
+                r,
+                "{}",
+                f.display()
+            );
+            accepted += 1;
+        }
+    }
+    println!("control_request: {accepted} of the corpus decode");
+    assert!(accepted > 0, "no valid request in the corpus");
 }
