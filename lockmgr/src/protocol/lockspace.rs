@@ -79,6 +79,9 @@ impl Lockspace {
             // The same request again (its grant was lost, or a takeover came between):
             // grant it again.
             Some((_, req)) if *req == w.req => return vec![Decision::Grant(res, w)],
+            // A late copy of an older request (request numbers grow with every request
+            // of a node, across its lives): the holder's newer lease stays.
+            Some((_, req)) if *req > w.req => return Vec::new(),
             // A new request of a holder: it gave the old lease up (its release may
             // still be on the way).
             Some(_) => {
@@ -87,7 +90,8 @@ impl Lockspace {
             }
             None => {}
         }
-        if e.queue.iter().any(|q| q.node == w.node && q.req == w.req) {
+        // Already waiting, or a late copy of a request older than one waiting.
+        if e.queue.iter().any(|q| q.node == w.node && q.req >= w.req) {
             return Vec::new();
         }
         e.queue.push_back(w);
