@@ -13,8 +13,9 @@
 use std::sync::Arc;
 
 use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
-use metadata::{Inode, JobKind, MetaError, MetaResult, Segment, Timestamp, Volume};
+use metadata::{Inode, MetaError, MetaResult, Segment, Timestamp};
 
+use crate::meta::Meta;
 use crate::times::PendingTimes;
 
 const BS: u64 = FS_BLOCK_SIZE as u64;
@@ -35,8 +36,11 @@ impl ReadBuf {
 
 /// Reads and writes file data of one volume.
 pub struct DataPath {
-    vol: Arc<Volume>,
+    meta: Meta,
     dev: Arc<dyn BlockDevice>,
+    /// Keep the times of in-place overwrites here until fsync or close (a node that
+    /// shares the volume must not: the others see a change by its time).
+    defer_times: bool,
     /// Times of in-place overwrites not yet committed.
     pub times: PendingTimes,
 }
@@ -47,24 +51,24 @@ fn segment_slice(buf: &mut [u8], first_block: u64, logical: u64, len: u64) -> &m
 }
 
 impl DataPath {
-    /// The data path of `vol`.
-    pub fn new(vol: Arc<Volume>) -> DataPath {
-        let dev = vol.device().clone();
+    /// The data path of a volume on `dev` whose metadata `meta` keeps.
+    pub fn new(meta: Meta, dev: Arc<dyn BlockDevice>, defer_times: bool) -> DataPath {
         DataPath {
-            vol,
+            meta,
             dev,
+            defer_times,
             times: PendingTimes::default(),
         }
     }
 
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> MetaResult<ReadBuf> {
-        let snap = self.vol.snapshot()?;
-        let inode = snap.inode(ino)?;
+        let want_end = offset.saturating_add(u64::from(size));
+        let (inode, extents) = self.meta.layout(ino, offset / BS, want_end.div_ceil(BS))?;
         if inode.is_dir() {
             return Err(MetaError::IsDir);
         }
-        let end = offset.saturating_add(u64::from(size)).min(inode.size);
+        let end = want_end.min(inode.size);
         if offset >= end {
             return Ok(ReadBuf {
                 buf: AlignedBuf::zeroed(0),
@@ -74,7 +78,6 @@ impl DataPath {
         }
         let (b0, b1) = (offset / BS, end.div_ceil(BS));
         let mut buf = AlignedBuf::for_overwrite(((b1 - b0) * BS) as usize);
-        let extents = snap.extents(ino, b0, b1)?;
         for seg in metadata::extent::segments(&extents, b0, b1) {
             match seg {
                 Segment::Mapped(e) if !e.unwritten => self.dev.read_at(
@@ -98,7 +101,7 @@ impl DataPath {
     fn with_space<R>(&self, op: impl Fn() -> MetaResult<R>) -> MetaResult<R> {
         match op() {
             Err(MetaError::NoSpace) => {
-                self.vol.sync()?;
+                self.meta.sync()?;
                 op()
             }
             other => other,
@@ -124,7 +127,7 @@ impl DataPath {
     }
 
     fn map(&self, ino: u64, b0: u64, b1: u64) -> MetaResult<Vec<Segment>> {
-        let extents = self.vol.snapshot()?.extents(ino, b0, b1)?;
+        let (_, extents) = self.meta.layout(ino, b0, b1)?;
         Ok(metadata::extent::segments(&extents, b0, b1))
     }
 
@@ -137,24 +140,22 @@ impl DataPath {
             return Err(MetaError::Invalid("file too large"));
         }
         if data.is_empty() {
-            return self.vol.snapshot()?.inode(ino);
+            return self.meta.inode(ino);
         }
         let (b0, b1) = (offset / BS, end.div_ceil(BS));
-        let inode = self.vol.snapshot()?.inode(ino)?;
+        let (inode, extents) = self.meta.layout(ino, b0, b1)?;
         let size = inode.size;
         if offset > size && size / BS < b0 {
             self.zero_beyond_eof(ino, size)?;
         }
-        let before = self.map(ino, b0, b1)?;
-        let in_place = end <= size
+        let before = metadata::extent::segments(&extents, b0, b1);
+        let in_place = self.defer_times
+            && end <= size
             && before
                 .iter()
                 .all(|s| matches!(s, Segment::Mapped(e) if !e.unwritten));
         let segs = if before.iter().any(|s| matches!(s, Segment::Hole { .. })) {
-            self.with_space(|| {
-                self.vol
-                    .write(JobKind::default(), move |c| c.allocate_range(ino, b0, b1))
-            })?
+            self.with_space(|| self.meta.allocate_range(ino, b0, b1))?
         } else {
             before.clone()
         };
@@ -194,9 +195,7 @@ impl DataPath {
             self.times.overlay(ino, &mut inode);
             return Ok(inode);
         }
-        let inode = self.vol.write(JobKind::default(), move |c| {
-            c.commit_write(ino, b0, b1, end)
-        })?;
+        let inode = self.meta.commit_write(ino, b0, b1, end)?;
         self.times.discard(ino);
         Ok(inode)
     }
@@ -204,9 +203,7 @@ impl DataPath {
     /// Commits the deferred times of `ino`.
     pub fn flush_times(&self, ino: u64) -> MetaResult<()> {
         match self.times.take(ino) {
-            Some(t) => self
-                .vol
-                .write(JobKind::default(), move |c| c.touch_times(ino, t)),
+            Some(t) => self.meta.touch_times(vec![(ino, t)]),
             None => Ok(()),
         }
     }
@@ -217,12 +214,7 @@ impl DataPath {
         if all.is_empty() {
             return Ok(());
         }
-        self.vol.write(JobKind::default(), move |c| {
-            for &(ino, t) in &all {
-                c.touch_times(ino, t)?;
-            }
-            Ok(())
-        })
+        self.meta.touch_times(all)
     }
 
     /// Zeroes bytes `[from, to)` of one block on the LUN, if the block holds written data.
@@ -271,7 +263,7 @@ impl DataPath {
 
     /// Sets the file size.
     pub fn truncate(&self, ino: u64, size: u64) -> MetaResult<Inode> {
-        let inode = self.vol.snapshot()?.inode(ino)?;
+        let inode = self.meta.inode(ino)?;
         if inode.is_dir() {
             return Err(MetaError::IsDir);
         }
@@ -280,9 +272,7 @@ impl DataPath {
         }
         // Shrinking: the new last block's tail; growing: the old one's.
         self.zero_beyond_eof(ino, size.min(inode.size))?;
-        let inode = self
-            .vol
-            .write(JobKind::FREES, move |c| c.truncate(ino, size))?;
+        let inode = self.meta.truncate(ino, size)?;
         self.times.discard(ino);
         Ok(inode)
     }
@@ -306,32 +296,23 @@ impl DataPath {
         }
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let new_size = if keep_size { None } else { Some(end) };
-        let size = self.vol.snapshot()?.inode(ino)?.size;
+        let size = self.meta.inode(ino)?.size;
         if !keep_size && end > size {
             self.zero_beyond_eof(ino, size)?;
         }
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             0 => {
                 let (b0, b1) = (offset / BS, end.div_ceil(BS));
-                self.with_space(|| {
-                    self.vol.write(JobKind::default(), move |c| {
-                        c.preallocate(ino, b0, b1, false, new_size)
-                    })
-                })
+                self.with_space(|| self.meta.preallocate(ino, (b0, b1), false, new_size))
             }
             libc::FALLOC_FL_PUNCH_HOLE if keep_size => {
                 let (first, last) = self.zero_edges(ino, offset, end)?;
-                self.vol
-                    .write(JobKind::FREES, move |c| c.punch(ino, first, last))
+                self.meta.punch(ino, first, last)
             }
             libc::FALLOC_FL_ZERO_RANGE => {
                 // Partial blocks were zeroed on the LUN; whole blocks become unwritten.
                 let (first, last) = self.zero_edges(ino, offset, end)?;
-                self.with_space(|| {
-                    self.vol.write(JobKind::default(), move |c| {
-                        c.preallocate(ino, first, last, true, new_size)
-                    })
-                })
+                self.with_space(|| self.meta.preallocate(ino, (first, last), true, new_size))
             }
             _ => Err(MetaError::NotSupported),
         }

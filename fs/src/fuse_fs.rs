@@ -11,32 +11,37 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use blockdev::BlockDevice;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use metadata::{
-    AttrChange, FileKind, Inode, JobKind, MetaError, NewNode, Timestamp, Unlinked, Volume,
-};
+use metadata::{AttrChange, FileKind, Inode, MetaError, NewNode, Timestamp, Unlinked};
 
 use crate::data::DataPath;
 use crate::inodes::InodeTable;
+use crate::locks::{MountLocks, RangeLocks};
+use crate::meta::Meta;
 
-/// How long the kernel may cache attributes and entries. One node owns the volume in
-/// this mode, so nothing changes behind the kernel's back.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and entries when one node owns the
+/// volume: nothing changes behind its back.
+const OWNED_TTL: Duration = Duration::from_secs(1);
 
 /// The largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
 /// A mounted volume, as the kernel sees it.
 pub struct CsvFs {
-    vol: Arc<Volume>,
+    meta: Meta,
     writeback: bool,
+    /// How long the kernel may cache attributes and entries.
+    ttl: Duration,
     data: DataPath,
     inodes: Arc<InodeTable>,
+    /// Cluster-wide locks; `None`: the kernel keeps locks itself (one node).
+    locks: Option<MountLocks>,
 }
 
 fn errno(e: &MetaError) -> Errno {
@@ -114,15 +119,30 @@ fn open_flags(flags: i32) -> FopenFlags {
 }
 
 impl CsvFs {
-    /// A front end over an open volume; `writeback` asks the kernel to cache writes.
-    pub fn new(vol: Arc<Volume>, writeback: bool) -> CsvFs {
-        let data = DataPath::new(vol.clone());
+    /// A front end over a volume on `dev` whose metadata `meta` keeps; `writeback`
+    /// asks the kernel to cache writes.
+    ///
+    /// With `shared` other nodes change the volume too: the kernel caches no
+    /// attributes or entries (every stat asks), drops a file's cached pages when its
+    /// size or time changed (FUSE_AUTO_INVAL_DATA, checked at every read), writes go
+    /// straight through, and every write sets the file's times at once, since the
+    /// other nodes see a change by its time.
+    pub fn new(meta: Meta, dev: Arc<dyn BlockDevice>, writeback: bool, shared: bool) -> CsvFs {
+        let data = DataPath::new(meta.clone(), dev, !shared);
         CsvFs {
-            vol,
-            writeback,
+            meta,
+            writeback: writeback && !shared,
+            ttl: if shared { Duration::ZERO } else { OWNED_TTL },
             data,
             inodes: Arc::new(InodeTable::default()),
+            locks: None,
         }
+    }
+
+    /// Keeps POSIX locks and flock in `service` (cluster-wide) instead of the kernel.
+    pub fn with_locks(mut self, service: Arc<dyn RangeLocks>) -> CsvFs {
+        self.locks = Some(MountLocks::new(service));
+        self
     }
 
     /// The kernel's view of an inode, with deferred times shown.
@@ -134,7 +154,11 @@ impl CsvFs {
 
     fn entry(&self, reply: ReplyEntry, ino: u64, inode: &Inode) {
         self.inodes.looked_up(ino);
-        reply.entry(&TTL, &self.attr(ino, inode), Generation(inode.generation));
+        reply.entry(
+            &self.ttl,
+            &self.attr(ino, inode),
+            Generation(inode.generation),
+        );
     }
 
     /// Deletes `ino` if its last link is gone and the kernel no longer holds it.
@@ -142,14 +166,14 @@ impl CsvFs {
         if !self.inodes.unreferenced(ino) {
             return;
         }
-        match self.vol.snapshot().and_then(|s| s.inode(ino)) {
+        match self.meta.inode(ino) {
             Ok(i) if i.nlink == 0 => {}
             _ => return,
         }
         let state = self.inodes.get(ino);
         let _g = state.data.write();
         self.data.times.discard(ino);
-        if let Err(e) = self.vol.write(JobKind::FREES, move |c| c.delete_inode(ino)) {
+        if let Err(e) = self.meta.delete_inode(ino) {
             tracing::error!(ino, error = %e, "cannot delete an unlinked inode; it stays an orphan until the next mount");
         }
     }
@@ -198,8 +222,6 @@ impl CsvFs {
         rdev: u64,
         symlink: Option<Vec<u8>>,
     ) -> Result<(u64, Inode), Errno> {
-        let name = name.as_bytes().to_vec();
-        let parent = parent.0;
         let node = NewNode {
             mode,
             uid: req.uid(),
@@ -207,8 +229,8 @@ impl CsvFs {
             rdev,
             symlink,
         };
-        self.vol
-            .write(JobKind::default(), move |c| c.create(parent, &name, &node))
+        self.meta
+            .create(parent.0, name.as_bytes(), node)
             .map_err(|e| errno(&e))
     }
 
@@ -232,6 +254,9 @@ impl Filesystem for CsvFs {
         if self.writeback {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
+        if self.locks.is_some() {
+            wanted |= InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS;
+        }
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -240,17 +265,13 @@ impl Filesystem for CsvFs {
         if let Err(e) = self.data.flush_all_times() {
             tracing::error!(error = %e, "cannot commit deferred file times");
         }
-        if let Err(e) = self.vol.close() {
+        if let Err(e) = self.meta.close() {
             tracing::error!(error = %e, "final durable commit failed");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self
-            .vol
-            .snapshot()
-            .and_then(|s| s.lookup(parent.0, name.as_bytes()))
-        {
+        match self.meta.lookup(parent.0, name.as_bytes()) {
             Ok((ino, inode)) => self.entry(reply, ino, &inode),
             Err(e) => reply.error(errno(&e)),
         }
@@ -263,8 +284,8 @@ impl Filesystem for CsvFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
-            Ok(i) => reply.attr(&TTL, &self.attr(ino.0, &i)),
+        match self.meta.inode(ino.0) {
+            Ok(i) => reply.attr(&self.ttl, &self.attr(ino.0, &i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -315,21 +336,18 @@ impl Filesystem for CsvFs {
                 || mtime.is_some()
                 || inode.is_none()
             {
-                inode = Some(
-                    self.vol
-                        .write(JobKind::default(), move |c| c.set_attr(ino, &change))?,
-                );
+                inode = Some(self.meta.set_attr(ino, change)?);
             }
             Ok::<_, MetaError>(inode.expect("set above"))
         })();
         match result {
-            Ok(i) => reply.attr(&TTL, &self.attr(ino, &i)),
+            Ok(i) => reply.attr(&self.ttl, &self.attr(ino, &i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.vol.snapshot().and_then(|s| s.read_link(ino.0)) {
+        match self.meta.read_link(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -371,34 +389,29 @@ impl Filesystem for CsvFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (parent, name) = (parent.0, name.as_bytes().to_vec());
-        let inodes = self.inodes.clone();
-        // A last link of a file nobody has open goes with its inode in one commit.
-        let unlinked = self.vol.write(JobKind::FREES, move |c| {
-            let u = c.unlink(parent, &name)?;
-            if u.orphaned && !inodes.is_open(u.ino) {
-                c.delete_inode(u.ino)?;
-            }
-            Ok(u)
-        });
-        match unlinked {
+        match self.meta.unlink(parent.0, name.as_bytes()) {
             Ok(u) => {
+                // A last link of a file this node does not have open: its inode goes
+                // before the answer, as a local file system's would.
+                if let Some(u) = u
+                    && u.orphaned
+                    && !self.inodes.is_open(u.ino)
+                    && let Err(e) = self.meta.delete_inode(u.ino)
+                {
+                    tracing::error!(ino = u.ino, error = %e, "cannot delete an unlinked inode; it stays an orphan");
+                }
                 reply.ok();
-                self.after_unlink(Some(u));
+                self.after_unlink(u);
             }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (parent, name) = (parent.0, name.as_bytes().to_vec());
-        match self
-            .vol
-            .write(JobKind::FREES, move |c| c.rmdir(parent, &name))
-        {
+        match self.meta.rmdir(parent.0, name.as_bytes()) {
             Ok(u) => {
                 reply.ok();
-                self.after_unlink(Some(u));
+                self.after_unlink(u);
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -441,15 +454,12 @@ impl Filesystem for CsvFs {
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
-        let (p, n, np, nn) = (
-            parent.0,
-            name.as_bytes().to_vec(),
-            newparent.0,
-            newname.as_bytes().to_vec(),
-        );
-        match self.vol.write(JobKind::FREES, move |c| {
-            c.rename(p, &n, np, &nn, noreplace, exchange)
-        }) {
+        match self.meta.rename(
+            (parent.0, name.as_bytes()),
+            (newparent.0, newname.as_bytes()),
+            noreplace,
+            exchange,
+        ) {
             Ok(replaced) => {
                 reply.ok();
                 self.after_unlink(replaced);
@@ -466,19 +476,15 @@ impl Filesystem for CsvFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (i, p, n) = (ino.0, newparent.0, newname.as_bytes().to_vec());
-        match self
-            .vol
-            .write(JobKind::default(), move |c| c.link(i, p, &n))
-        {
-            Ok(inode) => self.entry(reply, i, &inode),
+        match self.meta.link(ino.0, newparent.0, newname.as_bytes()) {
+            Ok(inode) => self.entry(reply, ino.0, &inode),
             Err(MetaError::IsDir) => reply.error(Errno::EPERM),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
+        match self.meta.inode(ino.0) {
             Ok(_) => {
                 self.inodes.opened(ino.0);
                 reply.opened(FileHandle(0), open_flags(flags.0));
@@ -525,15 +531,11 @@ impl Filesystem for CsvFs {
                 if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
                     && inode.mode & 0o6000 != 0
                 {
-                    let i = ino.0;
                     let change = AttrChange {
                         mode: Some(inode.mode & !0o6000),
                         ..AttrChange::default()
                     };
-                    if let Err(e) = self
-                        .vol
-                        .write(JobKind::default(), move |c| c.set_attr(i, &change))
-                    {
+                    if let Err(e) = self.meta.set_attr(ino.0, change) {
                         return reply.error(errno(&e));
                     }
                 }
@@ -546,12 +548,52 @@ impl Filesystem for CsvFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        match &self.locks {
+            Some(l) => l.release_owner(ino.0, lock_owner.0, Some(reply)),
+            None => reply.ok(),
+        }
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        match &self.locks {
+            Some(l) => l.get(ino.0, lock_owner.0, (start, end), typ, reply),
+            None => reply.error(Errno::ENOSYS),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        match &self.locks {
+            Some(l) => l.set(ino.0, lock_owner.0, (start, end), typ, sleep, reply),
+            None => reply.error(Errno::ENOSYS),
+        }
     }
 
     fn release(
@@ -560,10 +602,13 @@ impl Filesystem for CsvFs {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let (Some(l), Some(owner)) = (&self.locks, lock_owner) {
+            l.release_owner(ino.0, owner.0, None);
+        }
         if let Err(e) = self.data.flush_times(ino.0) {
             tracing::warn!(ino = ino.0, error = %e, "cannot commit deferred file times");
         }
@@ -583,12 +628,12 @@ impl Filesystem for CsvFs {
     ) {
         reply_empty(
             reply,
-            self.data.flush_times(ino.0).and_then(|()| self.vol.sync()),
+            self.data.flush_times(ino.0).and_then(|()| self.meta.sync()),
         )
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.vol.snapshot().and_then(|s| s.inode(ino.0)) {
+        match self.meta.inode(ino.0) {
             Ok(i) if i.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
@@ -604,8 +649,7 @@ impl Filesystem for CsvFs {
         mut reply: ReplyDirectory,
     ) {
         let result = (|| {
-            let snap = self.vol.snapshot()?;
-            let dir = snap.inode(ino.0)?;
+            let dir = self.meta.inode(ino.0)?;
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
                 return Ok(());
             }
@@ -614,7 +658,7 @@ impl Filesystem for CsvFs {
             }
             let mut after = offset.max(2);
             loop {
-                let batch = snap.read_dir(ino.0, after, 128)?;
+                let batch = self.meta.read_dir(ino.0, after, 128)?;
                 if batch.is_empty() {
                     return Ok(());
                 }
@@ -645,11 +689,11 @@ impl Filesystem for CsvFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.vol.sync())
+        reply_empty(reply, self.meta.sync())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.vol.usage() {
+        match self.meta.usage() {
             Ok(u) => {
                 let files = u.inode_capacity.max(u.inodes);
                 reply.statfs(
@@ -677,50 +721,36 @@ impl Filesystem for CsvFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (i, n, v) = (ino.0, name.as_bytes().to_vec(), value.to_vec());
         let (create, replace) = (
             flags & libc::XATTR_CREATE != 0,
             flags & libc::XATTR_REPLACE != 0,
         );
         reply_empty(
             reply,
-            self.vol.write(JobKind::default(), move |c| {
-                c.set_xattr(i, &n, &v, create, replace)
-            }),
+            self.meta
+                .set_xattr(ino.0, name.as_bytes(), value, create, replace),
         )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value = self
-            .vol
-            .snapshot()
-            .and_then(|s| s.xattr(ino.0, name.as_bytes()));
+        let value = self.meta.xattr(ino.0, name.as_bytes());
         reply_xattr(reply, size, value);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let list = self
-            .vol
-            .snapshot()
-            .and_then(|s| s.xattr_names(ino.0))
-            .map(|names| {
-                let mut list = Vec::new();
-                for n in names {
-                    list.extend_from_slice(&n);
-                    list.push(0);
-                }
-                list
-            });
+        let list = self.meta.xattr_names(ino.0).map(|names| {
+            let mut list = Vec::new();
+            for n in names {
+                list.extend_from_slice(&n);
+                list.push(0);
+            }
+            list
+        });
         reply_xattr(reply, size, list);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (i, n) = (ino.0, name.as_bytes().to_vec());
-        reply_empty(
-            reply,
-            self.vol
-                .write(JobKind::FREES, move |c| c.remove_xattr(i, &n)),
-        )
+        reply_empty(reply, self.meta.remove_xattr(ino.0, name.as_bytes()))
     }
 
     fn create(
@@ -744,7 +774,7 @@ impl Filesystem for CsvFs {
                 self.inodes.looked_up(ino);
                 self.inodes.opened(ino);
                 reply.created(
-                    &TTL,
+                    &self.ttl,
                     &self.attr(ino, &inode),
                     Generation(inode.generation),
                     FileHandle(0),

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use metadata::{OpenOptions, Volume};
 
 use crate::fuse_fs::CsvFs;
+use crate::meta::Meta;
 use crate::options::MountOptions;
 
 /// What `csvfs mount` was asked to do.
@@ -32,7 +33,7 @@ pub struct MountRequest {
 }
 
 /// True when `path` is a mount point already.
-fn is_mount_point(path: &Path) -> Result<bool> {
+pub(crate) fn is_mount_point(path: &Path) -> Result<bool> {
     let canon = std::fs::canonicalize(path)?;
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
@@ -89,7 +90,12 @@ fn prepare(req: &MountRequest) -> Result<(fuser::Session<CsvFs>, Arc<Volume>, Pa
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(req.options.threads);
     config.clone_fd = true;
-    let fs = CsvFs::new(vol.clone(), req.options.writeback && !req.options.read_only);
+    let fs = CsvFs::new(
+        Meta::local(vol.clone()),
+        vol.device().clone(),
+        req.options.writeback && !req.options.read_only,
+        false,
+    );
     let session = fuser::Session::new(fs, &canon, &config)
         .map_err(|e| anyhow::anyhow!("cannot mount {} on {}: {e}", req.lun, canon.display()))?;
     Ok((session, vol, canon))

@@ -1,9 +1,13 @@
 //! `csvfs node`: one node of a cluster. It joins the cluster of `cluster.toml`, runs
 //! the lock manager of every volume of the configuration on that volume's LUN (its
-//! reservation key, disk heartbeat, the coordinator election), and serves the control
-//! socket `<root>/run/csvfs/<node>.sock` for csvctl and vmm.
+//! reservation key, disk heartbeat, the coordinator election), mounts every volume at
+//! `<root>/ClusterStorage/<label>` (its metadata through the coordinator, its data
+//! straight on the LUN: see [`crate::cluster`]), and serves the control socket
+//! `<root>/run/csvfs/<node>.sock` for csvctl and vmm. SIGTERM or SIGINT unmounts and
+//! stops it.
 //!
 //! Files under `<root>` (root defaults to `/`):
+//! - `ClusterStorage/<label>`: the mount point of each volume;
 //! - `run/csvfs/<node>.sock`: the control socket (mode 0600);
 //! - `var/lib/csvfs/<cluster>/<node>/<volume>.incarnation`: the last incarnation of
 //!   this node in each volume (raised at every start and every rejoin).
@@ -17,6 +21,8 @@ use lockmgr::shell::{LunDisk, Shell};
 use lockmgr::{Config, control};
 use metadata::Superblock;
 use tracing::info;
+
+use crate::cluster::{self, ClusterVolume};
 
 /// What `csvfs node` was asked.
 pub struct NodeRequest {
@@ -104,6 +110,7 @@ pub fn run(req: NodeRequest) -> Result<()> {
             open_volume(&config, &v.label, &v.lun, &me.name, me.id)?,
         ));
     }
+    let disks = volumes.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -113,13 +120,42 @@ pub fn run(req: NodeRequest) -> Result<()> {
         let socket = control::socket_path(&run_dir, &me.name);
         control::serve(shell.clone(), &socket)
             .with_context(|| format!("control socket {}", socket.display()))?;
+        let mut mounts = Vec::new();
+        for (label, disk) in &disks {
+            let dev = disk.device().clone();
+            let vol = ClusterVolume::start(shell.clone(), label, dev.clone())?;
+            let source = dev.name().to_string();
+            let mounted = cluster::mount::mount(vol, dev, &req.root, &source);
+            match mounted {
+                Ok(m) => mounts.push((label.clone(), m)),
+                Err(e) => {
+                    unmount_all(mounts).await;
+                    remove_socket(&socket);
+                    return Err(e);
+                }
+            }
+        }
         info!(node = me.name, socket = %socket.display(), "node running");
         wait_for_stop().await?;
         info!(node = me.name, "stopping");
+        unmount_all(mounts).await;
         shell.close();
         remove_socket(&socket);
         Ok(())
     })
+}
+
+/// Unmounts every volume (lazily if something still uses one: the kernel lets go of
+/// it once the last user does).
+async fn unmount_all(mounts: Vec<(String, fuser::BackgroundSession)>) {
+    for (label, m) in mounts {
+        let done = tokio::task::spawn_blocking(move || m.umount_and_join()).await;
+        match done {
+            Ok(Ok(())) => info!(volume = label, "unmounted"),
+            Ok(Err(e)) => tracing::warn!(volume = label, error = %e, "unmount"),
+            Err(e) => tracing::warn!(volume = label, error = %e, "unmount task"),
+        }
+    }
 }
 
 async fn wait_for_stop() -> Result<()> {

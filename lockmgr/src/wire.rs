@@ -7,6 +7,10 @@
 //! |-----|-------|--------|
 //! | 1 | `Hello` | the sender's configuration fingerprint (32 bytes) |
 //! | 2 | `Volume` | label length (u8, 1 to 63), label (UTF-8), sender's incarnation (u32), message |
+//! | 3 | `Service` | label length (u8, 1 to 63), label (UTF-8), service (u8) |
+//!
+//! After a `Service` frame the stream belongs to that service of that volume (such as
+//! the coordinator's metadata service): its further frames are the service's own.
 //!
 //! A message is a tag byte and its fields (`Mode` is one byte: 0 shared, 1 exclusive):
 //!
@@ -59,6 +63,13 @@ pub enum Frame {
         /// The message.
         msg: Msg,
     },
+    /// Hands the rest of the stream to a service of a volume.
+    Service {
+        /// The volume's label.
+        volume: String,
+        /// Which service.
+        service: u8,
+    },
 }
 
 /// Why a frame could not be decoded.
@@ -79,6 +90,16 @@ fn bad(what: impl Into<String>) -> WireError {
 
 const HELLO: u8 = 1;
 const VOLUME: u8 = 2;
+const SERVICE: u8 = 3;
+
+/// A label as sent: its length byte and bytes. Labels are checked when the
+/// configuration loads; a longer one is cut here rather than sent with a length that
+/// lies.
+fn put_label(w: &mut Vec<u8>, volume: &str) {
+    let label = &volume.as_bytes()[..volume.len().min(MAX_LABEL_LEN)];
+    w.push(label.len() as u8);
+    w.extend_from_slice(label);
+}
 
 impl Frame {
     /// The frame's bytes.
@@ -95,13 +116,14 @@ impl Frame {
                 msg,
             } => {
                 w.push(VOLUME);
-                // Labels are checked when the configuration loads; a longer one is cut
-                // here rather than sent with a length that lies.
-                let label = &volume.as_bytes()[..volume.len().min(MAX_LABEL_LEN)];
-                w.push(label.len() as u8);
-                w.extend_from_slice(label);
+                put_label(&mut w, volume);
                 w.extend_from_slice(&incarnation.to_le_bytes());
                 encode_msg(&mut w, msg);
+            }
+            Frame::Service { volume, service } => {
+                w.push(SERVICE);
+                put_label(&mut w, volume);
+                w.push(*service);
             }
         }
         w
@@ -117,15 +139,7 @@ impl Frame {
                 Frame::Hello { fingerprint }
             }
             VOLUME => {
-                let len = usize::from(r.u8("label length")?);
-                if len == 0 || len > MAX_LABEL_LEN {
-                    return Err(bad(format!(
-                        "label length {len} is outside 1 to {MAX_LABEL_LEN}"
-                    )));
-                }
-                let volume = std::str::from_utf8(r.take(len, "label")?)
-                    .map_err(|_| bad("the volume label is not UTF-8"))?
-                    .to_string();
+                let volume = r.label()?;
                 let incarnation = r.u32("incarnation")?;
                 let msg = decode_msg(&mut r)?;
                 Frame::Volume {
@@ -134,6 +148,10 @@ impl Frame {
                     msg,
                 }
             }
+            SERVICE => Frame::Service {
+                volume: r.label()?,
+                service: r.u8("service")?,
+            },
             t => return Err(bad(format!("unknown frame tag {t}"))),
         };
         if r.at != bytes.len() {
@@ -459,6 +477,18 @@ impl<'a> Reader<'a> {
         Ok(&rest[..n])
     }
 
+    fn label(&mut self) -> Result<String, WireError> {
+        let len = usize::from(self.u8("label length")?);
+        if len == 0 || len > MAX_LABEL_LEN {
+            return Err(bad(format!(
+                "label length {len} is outside 1 to {MAX_LABEL_LEN}"
+            )));
+        }
+        Ok(std::str::from_utf8(self.take(len, "label")?)
+            .map_err(|_| bad("the volume label is not UTF-8"))?
+            .to_string())
+    }
+
     fn u8(&mut self, what: &str) -> Result<u8, WireError> {
         Ok(self.take(1, what)?[0])
     }
@@ -547,6 +577,10 @@ mod tests {
             msg,
         };
         vec![
+            Frame::Service {
+                volume: "Volume1".into(),
+                service: 1,
+            },
             Frame::Hello {
                 fingerprint: [9; 32],
             },

@@ -186,6 +186,11 @@ impl Committer {
         )
     }
 
+    /// True while committed changes wait for a durable commit.
+    pub fn has_unsynced(&self) -> bool {
+        self.shared.queue.lock().dirty_since.is_some()
+    }
+
     /// Makes everything durable and stops.
     pub fn shutdown(&self) -> MetaResult<()> {
         let Some(timer) = self.timer.lock().take() else {

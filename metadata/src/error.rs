@@ -70,6 +70,15 @@ pub enum MetaError {
     /// it must be reopened.
     #[error("metadata store must be reopened after an earlier I/O error")]
     StoreLatched,
+    /// A failure reported by the coordinator that served the operation, as its errno
+    /// and its message (see [`MetaError::from_remote`]).
+    #[error("{message}")]
+    Remote {
+        /// The errno.
+        errno: i32,
+        /// What the coordinator said.
+        message: String,
+    },
 }
 
 impl MetaError {
@@ -92,6 +101,30 @@ impl MetaError {
             ReadOnly => libc::EROFS,
             Corrupt(_) | Store(_) | StoreLatched => libc::EIO,
             Block(e) => e.errno(),
+            Remote { errno, .. } => *errno,
+        }
+    }
+
+    /// The error a coordinator reported as `errno` and `message`: the plain cases
+    /// become themselves again (callers match on `NoSpace`, `NotFound`, ...), the rest
+    /// keep the coordinator's words.
+    pub fn from_remote(errno: i32, message: String) -> MetaError {
+        use MetaError::*;
+        match errno {
+            libc::ENOENT => NotFound,
+            libc::EEXIST => Exists,
+            libc::ENOTEMPTY => NotEmpty,
+            libc::ENOTDIR => NotDir,
+            libc::EISDIR => IsDir,
+            libc::ENAMETOOLONG => NameTooLong,
+            libc::ENOSPC if message.contains("metadata") => MetadataFull,
+            libc::ENOSPC => NoSpace,
+            libc::ENODATA => NoData,
+            libc::ERANGE => Range,
+            libc::EMLINK => TooManyLinks,
+            libc::EOPNOTSUPP => NotSupported,
+            libc::EROFS => ReadOnly,
+            _ => Remote { errno, message },
         }
     }
 

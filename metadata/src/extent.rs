@@ -11,7 +11,7 @@ use crate::error::MetaResult;
 use crate::tables::EXTENT_UNWRITTEN;
 
 /// One mapped run of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Extent {
     /// First logical block of the file.
     pub logical: u64,
@@ -193,7 +193,7 @@ fn merge_at(t: &mut ExtentTable<'_>, ino: u64, at: u64) -> MetaResult<()> {
 }
 
 /// A piece of a file's logical range: mapped to the LUN, or a hole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Segment {
     /// No blocks: reads as zeros.
     Hole {

@@ -34,7 +34,18 @@ pub const INODE_RECORD_LEN: usize = 128;
 const RECORD_VERSION: u8 = 1;
 
 /// A point in time with nanoseconds, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Timestamp {
     /// Seconds since the epoch (negative before it).
     pub secs: i64,
@@ -86,7 +97,7 @@ impl From<Timestamp> for SystemTime {
 }
 
 /// The kinds of file csvfs stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FileKind {
     /// Regular file.
     File,
@@ -134,7 +145,7 @@ impl FileKind {
 }
 
 /// One inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Inode {
     /// `st_mode`: type and permission bits.
     pub mode: u32,

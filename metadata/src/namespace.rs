@@ -44,7 +44,7 @@ pub struct Ctx<'a> {
 }
 
 /// What a new inode is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewNode {
     /// Type and permission bits (umask already applied).
     pub mode: u32,
@@ -60,7 +60,7 @@ pub struct NewNode {
 
 /// An inode whose last link went away in an operation; the caller deletes it once no
 /// one has it open (see [`Ctx::delete_inode`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Unlinked {
     /// The inode.
     pub ino: u64,
@@ -525,7 +525,7 @@ impl Ctx<'_> {
 }
 
 /// Attribute changes of a setattr, other than the size.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttrChange {
     /// New permission bits.
     pub mode: Option<u32>,

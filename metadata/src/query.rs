@@ -49,7 +49,7 @@ pub fn dir_is_empty(
 }
 
 /// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirEntry {
     /// Cookie to resume after this entry.
     pub cookie: u64,

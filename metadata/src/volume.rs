@@ -31,6 +31,9 @@ pub struct OpenOptions {
     pub cache_bytes: usize,
     /// Longest time a non-durable change waits for a durable commit.
     pub durable_interval: Duration,
+    /// Leave the inodes unlinked while open where they are (a shared volume: another
+    /// node may have them open still) instead of deleting them at open.
+    pub keep_orphans: bool,
 }
 
 impl Default for OpenOptions {
@@ -39,6 +42,7 @@ impl Default for OpenOptions {
             read_only: false,
             cache_bytes: 64 << 20,
             durable_interval: Duration::from_secs(1),
+            keep_orphans: false,
         }
     }
 }
@@ -55,7 +59,7 @@ pub struct FormatOptions {
 }
 
 /// Space figures for statfs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Blocks of the data region.
     pub data_blocks: u64,
@@ -209,7 +213,7 @@ impl Volume {
             store,
             committer,
         };
-        if !opts.read_only {
+        if !opts.read_only && !opts.keep_orphans {
             let n = vol.write(
                 JobKind {
                     frees_space: true,
@@ -268,6 +272,11 @@ impl Volume {
             Some(c) => c.sync(),
             None => Ok(()),
         }
+    }
+
+    /// True while committed changes wait for a durable commit.
+    pub fn has_unsynced(&self) -> bool {
+        self.committer.as_ref().is_some_and(|c| c.has_unsynced())
     }
 
     /// Space and inode figures.

@@ -263,12 +263,51 @@ impl ClusterNode {
         self.child.as_ref().map(Child::id)
     }
 
-    /// kill -9.
+    /// Where the node mounts volume `label`.
+    pub fn mount_point(&self, label: &str) -> PathBuf {
+        self.root.join("ClusterStorage").join(label)
+    }
+
+    /// Waits until volume `label` is mounted on this node and answers a stat; fails
+    /// the test after `timeout`.
+    pub fn wait_mounted(&self, label: &str, timeout: Duration) -> PathBuf {
+        let mp = self.mount_point(label);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if is_fuse_mount(&mp) && std::fs::metadata(&mp).is_ok() {
+                return mp;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not mount {} within {timeout:?}; log:\n{}",
+                self.name,
+                mp.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Detaches the node's mounts left by a daemon that did not unmount them (kill -9).
+    fn detach_mounts(&self) {
+        let dir = self.root.join("ClusterStorage");
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let mp = entry.path();
+            if is_fuse_mount(&mp) {
+                let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: umount2 on a NUL-terminated path this fixture's node mounted.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+
+    /// kill -9 (its mounts, dead now, are detached).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.detach_mounts();
     }
 
     /// SIGTERM, then SIGKILL after 10 s.
@@ -281,13 +320,28 @@ impl ClusterNode {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = c.try_wait() {
+                self.detach_mounts();
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
         let _ = c.wait();
+        self.detach_mounts();
     }
+}
+
+/// True when `path` is a FUSE mount point (live or dead), by /proc/self/mountinfo.
+pub fn is_fuse_mount(path: &Path) -> bool {
+    let want = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&want.as_str())
+                && l.split(" - ").nth(1).is_some_and(|t| t.starts_with("fuse"))
+        })
 }
 
 impl Drop for Cluster {

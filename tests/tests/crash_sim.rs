@@ -75,7 +75,7 @@ proptest! {
         let fo = FormatOptions { label: "T".into(), metadata_bytes: Some(16 << 20), force: false };
         Volume::format(dev.clone(), &fo).unwrap();
         let vol = open(dev.clone());
-        let data = DataPath::new(vol.clone());
+        let data = DataPath::new(csvfs::meta::Meta::local(vol.clone()), vol.device().clone(), true);
         let mut model: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut touched: HashMap<usize, usize> = HashMap::new();
         let mut synced = 0usize;
@@ -132,7 +132,7 @@ proptest! {
         let report = metadata::fsck::check(crashed.clone(), false).unwrap();
         prop_assert!(report.is_clean(), "fsck after the power cut: {:?}", report.problems);
         let vol = open(crashed.clone());
-        let data = DataPath::new(vol.clone());
+        let data = DataPath::new(csvfs::meta::Meta::local(vol.clone()), vol.device().clone(), true);
         for i in 0..6 {
             if touched.get(&i).copied().unwrap_or(0) < synced {
                 prop_assert_eq!(content(&vol, &data, i), model.get(&i).cloned(), "synced file {} after the power cut", i);

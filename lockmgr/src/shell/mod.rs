@@ -11,6 +11,7 @@
 
 pub mod lun_disk;
 pub mod peers;
+pub mod services;
 pub mod volume;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 pub use lun_disk::{LunDisk, RESERVATION_TYPE};
+pub use services::{ServiceError, ServiceHandler, Services};
 pub use volume::{LeaseError, LeaseEvent, VolumeHandle, VolumeStatus};
 
 use crate::config::Config;
@@ -32,6 +34,8 @@ pub struct Shell {
     id: u8,
     endpoint: Arc<Endpoint>,
     volumes: HashMap<String, VolumeHandle>,
+    services: Services,
+    links: services::ServiceLinks,
 }
 
 /// Why a node could not start.
@@ -79,10 +83,12 @@ impl Shell {
             inboxes.insert(label.clone(), tx);
             receivers.push((label, disk, rx));
         }
+        let services = Services::default();
         tokio::spawn(peers::accept_loop(
             Arc::new(config.clone()),
             endpoint.clone(),
             Arc::new(inboxes),
+            services.clone(),
         ));
         peers::check_configuration(config, me, &endpoint)
             .await
@@ -117,8 +123,10 @@ impl Shell {
         Ok(Shell {
             node: me.to_string(),
             id,
+            links: services::ServiceLinks::new(config, endpoint.clone()),
             endpoint,
             volumes: handles,
+            services,
         })
     }
 
@@ -135,6 +143,21 @@ impl Shell {
     /// A volume's service.
     pub fn volume(&self, label: &str) -> Option<&VolumeHandle> {
         self.volumes.get(label)
+    }
+
+    /// The services this node serves to its peers.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Opens a stream to `service` of `volume` on node `to` (see [`services`]).
+    pub async fn open_service(
+        &self,
+        to: u8,
+        volume: &str,
+        service: u8,
+    ) -> Result<crate::transport::FramedStream, ServiceError> {
+        self.links.open(to, volume, service).await
     }
 
     /// Every volume's state, by label.

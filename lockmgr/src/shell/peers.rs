@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use super::services::Services;
 use crate::config::Config;
 use crate::protocol::{Msg, NodeId};
 use crate::transport::{Connection, Endpoint, FramedStream, TransportError};
@@ -188,7 +189,12 @@ async fn send_loop(
 }
 
 /// Accepts the peers' connections and streams and delivers their messages.
-pub async fn accept_loop(config: Arc<Config>, endpoint: Arc<Endpoint>, inboxes: Arc<Inboxes>) {
+pub async fn accept_loop(
+    config: Arc<Config>,
+    endpoint: Arc<Endpoint>,
+    inboxes: Arc<Inboxes>,
+    services: Services,
+) {
     let ids: Arc<HashMap<String, NodeId>> = Arc::new(
         config
             .nodes
@@ -211,11 +217,23 @@ pub async fn accept_loop(config: Arc<Config>, endpoint: Arc<Endpoint>, inboxes: 
         let Some(&from) = ids.get(conn.peer()) else {
             continue;
         };
-        tokio::spawn(serve_connection(conn, from, hello.clone(), inboxes.clone()));
+        tokio::spawn(serve_connection(
+            conn,
+            from,
+            hello.clone(),
+            inboxes.clone(),
+            services.clone(),
+        ));
     }
 }
 
-async fn serve_connection(conn: Connection, from: NodeId, hello: Vec<u8>, inboxes: Arc<Inboxes>) {
+async fn serve_connection(
+    conn: Connection,
+    from: NodeId,
+    hello: Vec<u8>,
+    inboxes: Arc<Inboxes>,
+    services: Services,
+) {
     loop {
         match conn.accept_stream().await {
             Ok(stream) => {
@@ -225,6 +243,7 @@ async fn serve_connection(conn: Connection, from: NodeId, hello: Vec<u8>, inboxe
                     from,
                     hello.clone(),
                     inboxes.clone(),
+                    services.clone(),
                 ));
             }
             Err(_) => return,
@@ -238,6 +257,7 @@ async fn serve_stream(
     from: NodeId,
     hello: Vec<u8>,
     inboxes: Arc<Inboxes>,
+    services: Services,
 ) {
     let peer = conn.peer().to_string();
     let first = match stream.recv().await {
@@ -277,6 +297,16 @@ async fn serve_stream(
                         msg,
                     });
                 }
+            }
+            Ok(Frame::Service { volume, service }) => {
+                // The rest of the stream is the service's; a service this node does
+                // not serve (now) ends the stream, and the peer tries again later.
+                if let Some(handler) = services.get(&volume, service) {
+                    handler(from, stream);
+                } else {
+                    debug!(peer, volume, service, "no such service here");
+                }
+                return;
             }
             Ok(Frame::Hello { .. }) => {}
             Err(e) => {

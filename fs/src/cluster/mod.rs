@@ -1,0 +1,9 @@
+//! A node's side of a shared volume: the coordinator's metadata service and the other
+//! nodes' calls to it (over the lock manager's QUIC links), following the
+//! coordinator role as the lock manager hands it around.
+
+pub mod mount;
+pub mod volume;
+pub mod wire;
+
+pub use volume::ClusterVolume;

@@ -1,0 +1,320 @@
+//! One volume of a cluster node: its metadata reached through whichever node
+//! coordinates it, and, while this node coordinates, its store opened here and served
+//! to the others.
+//!
+//! - Following the role: while the lock manager says this node serves the volume at
+//!   some epoch, the store is open on the node's own path to the LUN (the same
+//!   iSCSI session that holds the node's reservation key, so a fenced coordinator can
+//!   no longer write); when the role goes, the store is dropped unopened-again until
+//!   the role comes back (a new coordinator reads the store afresh from the LUN).
+//! - Calls: on the coordinator, carried out on the store in its group commit; on the
+//!   others, sent to the coordinator. While there is no serving coordinator (an
+//!   election, a takeover) calls wait and go again: applications see latency, not
+//!   errors, up to [`PATIENCE`].
+//! - Serving: the coordinator answers other nodes' calls with durable commits, since
+//!   what it acknowledges must survive its own crash.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blockdev::BlockDevice;
+use lockmgr::shell::{Shell, VolumeHandle};
+use lockmgr::transport::FramedStream;
+use metadata::{MetaError, MetaResult, OpenOptions, Volume};
+use parking_lot::RwLock;
+use tracing::{info, warn};
+
+use super::wire::{MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome};
+use crate::locks::{Done, RangeLocks};
+use crate::meta::{MetaCall, MetaReply, MetaService, local};
+use fuser::Errno;
+use lockmgr::protocol::RangeOp;
+
+/// How long a call waits for a serving coordinator before it fails with EIO.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long one exchange with the coordinator may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a call waits between attempts.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// Counters for status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls this node sent to the coordinator.
+    pub remote_calls: AtomicU64,
+    /// Calls carried out on this node's store (as the coordinator).
+    pub local_calls: AtomicU64,
+    /// Calls served for other nodes.
+    pub served_calls: AtomicU64,
+}
+
+/// One volume of this node.
+pub struct ClusterVolume {
+    label: String,
+    me: u8,
+    dev: Arc<dyn BlockDevice>,
+    shell: Arc<Shell>,
+    handle: VolumeHandle,
+    rt: tokio::runtime::Handle,
+    /// The store and the epoch it was opened for, while this node serves.
+    store: RwLock<Option<(u64, Arc<Volume>)>>,
+    /// Idle request streams to coordinators, by node.
+    streams: parking_lot::Mutex<Vec<(u8, FramedStream)>>,
+    next_id: AtomicU64,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl ClusterVolume {
+    /// Starts following the role of `label` and serving its metadata while this node
+    /// coordinates it. Must run inside the node's runtime.
+    pub fn start(
+        shell: Arc<Shell>,
+        label: &str,
+        dev: Arc<dyn BlockDevice>,
+    ) -> anyhow::Result<Arc<ClusterVolume>> {
+        let handle = shell
+            .volume(label)
+            .ok_or_else(|| anyhow::anyhow!("volume {label} has no lock manager"))?
+            .clone();
+        let v = Arc::new(ClusterVolume {
+            label: label.to_string(),
+            me: shell.id(),
+            dev,
+            shell: shell.clone(),
+            handle,
+            rt: tokio::runtime::Handle::current(),
+            store: RwLock::new(None),
+            streams: parking_lot::Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        let server = v.clone();
+        shell.services().register(
+            label,
+            METADATA_SERVICE,
+            Arc::new(move |from, stream| {
+                tokio::spawn(server.clone().serve(from, stream));
+            }),
+        );
+        tokio::spawn(v.clone().follow_role());
+        Ok(v)
+    }
+
+    /// The label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The store, if this node serves the volume now.
+    fn serving_store(&self) -> Option<(u64, Arc<Volume>)> {
+        let st = self.handle.status();
+        match &*self.store.read() {
+            Some((epoch, vol)) if st.serving && *epoch == st.epoch => Some((*epoch, vol.clone())),
+            _ => None,
+        }
+    }
+
+    /// Opens the store when this node starts serving, drops it when it stops.
+    async fn follow_role(self: Arc<Self>) {
+        let mut watch = self.handle.watch();
+        loop {
+            let st = watch.borrow_and_update().clone();
+            let held = self.store.read().as_ref().map(|(e, _)| *e);
+            if st.serving && held != Some(st.epoch) {
+                self.drop_store("a new epoch");
+                let dev = self.dev.clone();
+                let opts = OpenOptions {
+                    keep_orphans: true,
+                    ..OpenOptions::default()
+                };
+                match tokio::task::spawn_blocking(move || Volume::open(dev, &opts)).await {
+                    Ok(Ok(vol)) => {
+                        info!(
+                            volume = self.label,
+                            epoch = st.epoch,
+                            "serving the volume's metadata"
+                        );
+                        *self.store.write() = Some((st.epoch, Arc::new(vol)));
+                    }
+                    Ok(Err(e)) => {
+                        warn!(volume = self.label, error = %e, "cannot open the metadata store; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => warn!(volume = self.label, error = %e, "store opening task failed"),
+                }
+            } else if !st.serving && held.is_some() {
+                self.drop_store("the role went");
+            }
+            if watch.changed().await.is_err() {
+                self.drop_store("the lock manager stopped");
+                return;
+            }
+        }
+    }
+
+    fn drop_store(&self, why: &str) {
+        if let Some((epoch, vol)) = self.store.write().take() {
+            info!(
+                volume = self.label,
+                epoch, why, "no longer serving the volume's metadata"
+            );
+            // Commit what can be; a fenced node's writes fail, which is right.
+            if let Err(e) = vol.close() {
+                warn!(volume = self.label, error = %e, "closing the store");
+            }
+        }
+    }
+
+    /// Serves the requests of a peer's stream, one after the other, until it ends.
+    async fn serve(self: Arc<Self>, from: u8, mut stream: FramedStream) {
+        stream.set_max_frame_len(MAX_FRAME);
+        while let Ok(Some(bytes)) = stream.recv().await {
+            let req = match MetaRequest::decode(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(volume = self.label, from, error = %e, "refusing a request; closing its stream");
+                    return;
+                }
+            };
+            let resp = MetaResponse {
+                id: req.id,
+                outcome: self.answer(req.call).await,
+            };
+            if stream.send(&resp.encode()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Carries out another node's call, if this node serves the volume.
+    async fn answer(&self, call: MetaCall) -> Outcome {
+        match self.serving_store() {
+            None => Outcome::NotCoordinator {
+                epoch: self.handle.status().epoch,
+            },
+            Some((_, vol)) => {
+                self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
+                match tokio::task::spawn_blocking(move || local::execute(&vol, call, true)).await {
+                    Ok(Ok(reply)) => Outcome::Reply(reply),
+                    Ok(Err(e)) => Outcome::Failed {
+                        errno: e.errno(),
+                        message: e.to_string(),
+                    },
+                    Err(e) => Outcome::Failed {
+                        errno: libc::EIO,
+                        message: format!("the coordinator's worker failed: {e}"),
+                    },
+                }
+            }
+        }
+    }
+
+    /// One exchange with node `to`, on an idle stream of the pool or a new one; the
+    /// stream goes back to the pool only after a whole exchange.
+    async fn exchange(&self, to: u8, req: &MetaRequest) -> Result<Outcome, String> {
+        let pooled = {
+            let mut pool = self.streams.lock();
+            pool.iter()
+                .position(|(peer, _)| *peer == to)
+                .map(|i| pool.swap_remove(i).1)
+        };
+        let mut stream = match pooled {
+            Some(s) => s,
+            None => {
+                let mut s = self
+                    .shell
+                    .open_service(to, &self.label, METADATA_SERVICE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                s.set_max_frame_len(MAX_FRAME);
+                s
+            }
+        };
+        stream
+            .send(&req.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = stream
+            .recv()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the coordinator closed the stream without an answer")?;
+        let resp = MetaResponse::decode(&bytes).map_err(|e| e.to_string())?;
+        if resp.id != req.id {
+            return Err(format!("answer to request {} for {}", resp.id, req.id));
+        }
+        self.streams.lock().push((to, stream));
+        Ok(resp.outcome)
+    }
+}
+
+impl RangeLocks for ClusterVolume {
+    fn range(&self, file: u64, owner: u64, op: RangeOp, done: Done) {
+        let handle = self.handle.clone();
+        self.rt.spawn(async move {
+            let r = handle.range(file, owner, op, None).await;
+            done(r.map_err(|_| Errno::EIO));
+        });
+    }
+}
+
+impl MetaService for ClusterVolume {
+    fn call(&self, call: MetaCall) -> MetaResult<MetaReply> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + PATIENCE;
+        let mut last_problem = String::from("no coordinator yet");
+        loop {
+            if let Some((_, vol)) = self.serving_store() {
+                self.counters.local_calls.fetch_add(1, Ordering::Relaxed);
+                return local::execute(&vol, call, false);
+            }
+            let st = self.handle.status();
+            if let Some(c) = st.coordinator.filter(|&c| c != self.me) {
+                let req = MetaRequest {
+                    id,
+                    epoch: st.epoch,
+                    call: call.clone(),
+                };
+                self.counters.remote_calls.fetch_add(1, Ordering::Relaxed);
+                let outcome = self
+                    .rt
+                    .block_on(async {
+                        tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(c, &req)).await
+                    })
+                    .unwrap_or_else(|_| Err(format!("no answer within {EXCHANGE_TIMEOUT:?}")));
+                match outcome {
+                    Ok(Outcome::Reply(r)) => return Ok(r),
+                    Ok(Outcome::Failed { errno, message }) => {
+                        return Err(MetaError::from_remote(errno, message));
+                    }
+                    Ok(Outcome::NotCoordinator { epoch }) => {
+                        last_problem = format!("node {c} does not serve it (epoch {epoch})");
+                    }
+                    Err(e) => last_problem = e,
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(MetaError::Remote {
+                    errno: libc::EIO,
+                    message: format!(
+                        "volume {}: no coordinator answered within {PATIENCE:?} ({last_problem})",
+                        self.label
+                    ),
+                });
+            }
+            std::thread::sleep(RETRY);
+        }
+    }
+
+    fn close(&self) -> MetaResult<()> {
+        match self.serving_store() {
+            Some((_, vol)) => vol.sync(),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The metadata service's frames between a node and its volume's coordinator, in
+//! postcard (serde's compact binary form). A request and its response travel on a
+//! stream of their own, after the `Service` frame of the lock manager's links.
+//!
+//! The decoders take nothing on trust: a frame that does not decode in full, or with
+//! bytes left over, is an error that says so; postcard checks every length against
+//! the bytes present, so a hostile frame cannot make it allocate without bound.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{MetaCall, MetaReply};
+
+/// The service number of the metadata service in the lock manager's `Service` frame.
+pub const METADATA_SERVICE: u8 = 1;
+
+/// The largest metadata frame (a directory batch, an xattr of 64 KiB, a long extent
+/// list).
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// One metadata operation of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaRequest {
+    /// Unique per sending node and incarnation: a retried operation keeps its id.
+    pub id: u64,
+    /// The epoch of the coordinator the sender means.
+    pub epoch: u64,
+    /// The operation.
+    pub call: MetaCall,
+}
+
+/// The coordinator's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaResponse {
+    /// The request's id.
+    pub id: u64,
+    /// What came of it.
+    pub outcome: Outcome,
+}
+
+/// What came of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Done; the answer.
+    Reply(MetaReply),
+    /// The operation failed: its errno and message.
+    Failed {
+        /// The errno.
+        errno: i32,
+        /// The message.
+        message: String,
+    },
+    /// This node does not serve the volume's metadata (any more): ask the coordinator
+    /// of `epoch` or later.
+    NotCoordinator {
+        /// The epoch this node knows.
+        epoch: u64,
+    },
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed metadata frame: {0}")]
+pub struct FrameError(String);
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these types into a Vec cannot fail: no maps, no unsized sequences.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError(format!(
+            "{} bytes, more than the {MAX_FRAME} allowed",
+            bytes.len()
+        )));
+    }
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|e| FrameError(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError(format!(
+            "{} bytes left over after the frame",
+            rest.len()
+        )));
+    }
+    Ok(v)
+}
+
+impl MetaRequest {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+    /// Decodes a frame, all of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<MetaRequest, FrameError> {
+        decode(bytes)
+    }
+}
+
+impl MetaResponse {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+    /// Decodes a frame, all of `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<MetaResponse, FrameError> {
+        decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metadata::{AttrChange, Extent, Inode, NewNode, Timestamp};
+
+    use super::*;
+
+    fn samples() -> Vec<(MetaRequest, MetaResponse)> {
+        let inode = Inode {
+            mode: 0o100644,
+            size: 12345,
+            ..Inode::default()
+        };
+        vec![
+            (
+                MetaRequest {
+                    id: 1,
+                    epoch: 3,
+                    call: MetaCall::Create {
+                        parent: 1,
+                        name: b"a file".to_vec(),
+                        node: NewNode {
+                            mode: 0o100600,
+                            uid: 1000,
+                            gid: 100,
+                            rdev: 0,
+                            symlink: None,
+                        },
+                    },
+                },
+                MetaResponse {
+                    id: 1,
+                    outcome: Outcome::Reply(MetaReply::Entry(7, inode)),
+                },
+            ),
+            (
+                MetaRequest {
+                    id: u64::MAX,
+                    epoch: 0,
+                    call: MetaCall::SetAttr {
+                        ino: 7,
+                        change: AttrChange {
+                            mode: Some(0o600),
+                            mtime: Some(Timestamp {
+                                secs: -5,
+                                nanos: 999_999_999,
+                            }),
+                            ..AttrChange::default()
+                        },
+                    },
+                },
+                MetaResponse {
+                    id: 2,
+                    outcome: Outcome::Failed {
+                        errno: libc::EIO,
+                        message: "LUN I/O failed".into(),
+                    },
+                },
+            ),
+            (
+                MetaRequest {
+                    id: 9,
+                    epoch: 4,
+                    call: MetaCall::Layout {
+                        ino: 7,
+                        from: 0,
+                        to: 100,
+                    },
+                },
+                MetaResponse {
+                    id: 9,
+                    outcome: Outcome::Reply(MetaReply::Layout(
+                        inode,
+                        vec![Extent {
+                            logical: 0,
+                            physical: 4096,
+                            len: 10,
+                            unwritten: true,
+                        }],
+                    )),
+                },
+            ),
+            (
+                MetaRequest {
+                    id: 10,
+                    epoch: 4,
+                    call: MetaCall::Sync,
+                },
+                MetaResponse {
+                    id: 10,
+                    outcome: Outcome::NotCoordinator { epoch: 5 },
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        for (req, resp) in samples() {
+            assert_eq!(MetaRequest::decode(&req.encode()).unwrap(), req);
+            assert_eq!(MetaResponse::decode(&resp.encode()).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_refused() {
+        for (req, resp) in samples() {
+            let (req, resp) = (req.encode(), resp.encode());
+            for n in 0..req.len() {
+                assert!(
+                    MetaRequest::decode(&req[..n]).is_err(),
+                    "request cut at {n}"
+                );
+            }
+            for n in 0..resp.len() {
+                assert!(
+                    MetaResponse::decode(&resp[..n]).is_err(),
+                    "response cut at {n}"
+                );
+            }
+            let mut longer = req.clone();
+            longer.push(0);
+            let e = MetaRequest::decode(&longer).unwrap_err();
+            assert!(e.to_string().contains("left over"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_without_allocating_it() {
+        // A ReadDir reply claiming 2^63 entries in a few bytes.
+        let mut b = MetaResponse {
+            id: 1,
+            outcome: Outcome::Reply(MetaReply::Entries(vec![])),
+        }
+        .encode();
+        b.pop();
+        b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(MetaResponse::decode(&b).is_err());
+    }
+}
