@@ -17,6 +17,7 @@ pub mod layout;
 pub mod namespace;
 pub mod query;
 pub mod region_backend;
+pub mod requests;
 pub mod store;
 pub mod superblock;
 pub mod tables;

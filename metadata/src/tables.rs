@@ -27,6 +27,9 @@ pub const PENDING_FREE: TableDefinition<u64, u64> = TableDefinition::new("pendin
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 /// Space held back for operations that free space (see [`crate::store`]): 0 → bytes.
 pub const RESERVE: TableDefinition<u64, &[u8]> = TableDefinition::new("reserve");
+/// Answers to other nodes' changes, for their retries: (node, request id) → the
+/// encoded answer (the caller's encoding). Written in the transaction of the change.
+pub const REQUESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("requests");
 /// Named counters: "next_ino", "free_blocks", "inodes", "generation".
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 

@@ -89,7 +89,9 @@ impl ClusterVolume {
             rt: tokio::runtime::Handle::current(),
             store: RwLock::new(None),
             streams: parking_lot::Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(1),
+            // Ids grow over the node's life and past those of its earlier lives
+            // (the coordinator keeps answers by id: see metadata::requests).
+            next_id: AtomicU64::new(first_request_id()),
             counters: Counters::default(),
         });
         let server = v.clone();
@@ -183,7 +185,7 @@ impl ClusterVolume {
             };
             let resp = MetaResponse {
                 id: req.id,
-                outcome: self.answer(req.call).await,
+                outcome: self.answer(from, req.id, req.call).await,
             };
             if stream.send(&resp.encode()).await.is_err() {
                 return;
@@ -192,14 +194,16 @@ impl ClusterVolume {
     }
 
     /// Carries out another node's call, if this node serves the volume.
-    async fn answer(&self, call: MetaCall) -> Outcome {
+    async fn answer(&self, from: u8, id: u64, call: MetaCall) -> Outcome {
         match self.serving_store() {
             None => Outcome::NotCoordinator {
                 epoch: self.handle.status().epoch,
             },
             Some((_, vol)) => {
                 self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
-                match tokio::task::spawn_blocking(move || local::execute(&vol, call, true)).await {
+                match tokio::task::spawn_blocking(move || local::execute_for(&vol, from, id, call))
+                    .await
+                {
                     Ok(Ok(reply)) => Outcome::Reply(reply),
                     Ok(Err(e)) => Outcome::Failed {
                         errno: e.errno(),
@@ -210,6 +214,22 @@ impl ClusterVolume {
                         message: format!("the coordinator's worker failed: {e}"),
                     },
                 }
+            }
+        }
+    }
+
+    /// Returns once the volume's coordinator is no longer node `c` of `epoch`.
+    async fn coordinator_change(&self, c: u8, epoch: u64) {
+        let mut watch = self.handle.watch();
+        loop {
+            {
+                let st = watch.borrow_and_update();
+                if st.coordinator != Some(c) || st.epoch != epoch {
+                    return;
+                }
+            }
+            if watch.changed().await.is_err() {
+                return;
             }
         }
     }
@@ -253,6 +273,16 @@ impl ClusterVolume {
     }
 }
 
+/// The first request id of this process: the clock in ms, shifted past the ids one
+/// life can use.
+fn first_request_id() -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    ms << 20
+}
+
 impl RangeLocks for ClusterVolume {
     fn range(&self, file: u64, owner: u64, op: RangeOp, done: Done) {
         let handle = self.handle.clone();
@@ -271,7 +301,7 @@ impl MetaService for ClusterVolume {
         loop {
             if let Some((_, vol)) = self.serving_store() {
                 self.counters.local_calls.fetch_add(1, Ordering::Relaxed);
-                return local::execute(&vol, call, false);
+                return local::execute(&vol, call);
             }
             let st = self.handle.status();
             if let Some(c) = st.coordinator.filter(|&c| c != self.me) {
@@ -281,12 +311,18 @@ impl MetaService for ClusterVolume {
                     call: call.clone(),
                 };
                 self.counters.remote_calls.fetch_add(1, Ordering::Relaxed);
-                let outcome = self
-                    .rt
-                    .block_on(async {
-                        tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(c, &req)).await
-                    })
-                    .unwrap_or_else(|_| Err(format!("no answer within {EXCHANGE_TIMEOUT:?}")));
+                let outcome = self.rt.block_on(async {
+                    tokio::select! {
+                        r = tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(c, &req)) => {
+                            r.unwrap_or_else(|_| Err(format!("no answer within {EXCHANGE_TIMEOUT:?}")))
+                        }
+                        // A dead coordinator never answers: go to its successor as soon
+                        // as there is one (the change's id makes a repeat harmless).
+                        () = self.coordinator_change(c, st.epoch) => {
+                            Err(format!("node {c} stopped coordinating"))
+                        }
+                    }
+                });
                 match outcome {
                     Ok(Outcome::Reply(r)) => return Ok(r),
                     Ok(Outcome::Failed { errno, message }) => {

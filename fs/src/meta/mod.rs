@@ -27,7 +27,7 @@ pub struct LocalMeta(pub Arc<Volume>);
 
 impl MetaService for LocalMeta {
     fn call(&self, call: MetaCall) -> MetaResult<MetaReply> {
-        local::execute(&self.0, call, false)
+        local::execute(&self.0, call)
     }
     fn close(&self) -> MetaResult<()> {
         self.0.close()
