@@ -243,3 +243,39 @@ fn a_lock_on_one_node_makes_setlkw_on_another_wait_until_it_goes() {
         n2 + 1
     );
 }
+
+#[test]
+fn the_locks_of_a_node_that_dies_go_once_it_is_fenced() {
+    let s = Scratch::new();
+    let (_t, mut c, mounts, coord) = three_mounted_nodes(&s);
+    let (dying, waiting) = ((coord + 1) % 3, (coord + 2) % 3);
+    std::fs::write(mounts[dying].join("f"), b"data").unwrap();
+    let (mut holder, line) = lockholder(&mounts[dying].join("f"), "setlk", 600_000);
+    assert_eq!(line, "locked");
+    // A waiter on another node, then kill -9 of the holder's node daemon.
+    let waiter = std::thread::spawn({
+        let f = mounts[waiting].join("f");
+        move || {
+            let (mut w, line) = lockholder(&f, "setlkw", 0);
+            w.wait().unwrap();
+            line
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiter.is_finished(),
+        "F_SETLKW returned while the lock was held"
+    );
+    let killed = std::time::Instant::now();
+    c.nodes[dying].kill9();
+    let line = waiter.join().unwrap();
+    assert_eq!(line, "locked");
+    println!(
+        "kill -9 of {}: its lock went, and F_SETLKW on {} got it, after {:.2} s",
+        c.nodes[dying].name,
+        c.nodes[waiting].name,
+        killed.elapsed().as_secs_f64()
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
