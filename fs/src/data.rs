@@ -11,6 +11,7 @@
 //! to change).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
 use metadata::{Inode, MetaError, MetaResult, Segment, Timestamp};
@@ -43,6 +44,17 @@ pub struct DataPath {
     defer_times: bool,
     /// Times of in-place overwrites not yet committed.
     pub times: PendingTimes,
+    /// File bytes this node moved on the LUN itself.
+    pub counters: Arc<DataCounters>,
+}
+
+/// File bytes read and written on the LUN by one node, for status.
+#[derive(Debug, Default)]
+pub struct DataCounters {
+    /// Bytes read.
+    pub read: AtomicU64,
+    /// Bytes written.
+    pub written: AtomicU64,
 }
 
 fn segment_slice(buf: &mut [u8], first_block: u64, logical: u64, len: u64) -> &mut [u8] {
@@ -58,7 +70,24 @@ impl DataPath {
             dev,
             defer_times,
             times: PendingTimes::default(),
+            counters: Arc::default(),
         }
+    }
+
+    fn lun_read(&self, buf: &mut [u8], at: u64) -> MetaResult<()> {
+        self.dev.read_at(buf, at)?;
+        self.counters
+            .read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn lun_write(&self, buf: &[u8], at: u64) -> MetaResult<()> {
+        self.dev.write_at(buf, at)?;
+        self.counters
+            .written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads up to `size` bytes at `offset`.
@@ -80,7 +109,7 @@ impl DataPath {
         let mut buf = AlignedBuf::for_overwrite(((b1 - b0) * BS) as usize);
         for seg in metadata::extent::segments(&extents, b0, b1) {
             match seg {
-                Segment::Mapped(e) if !e.unwritten => self.dev.read_at(
+                Segment::Mapped(e) if !e.unwritten => self.lun_read(
                     segment_slice(&mut buf, b0, e.logical, e.len),
                     e.physical * BS,
                 )?,
@@ -117,9 +146,7 @@ impl DataPath {
                 && e.logical <= block
                 && block < e.logical_end()
             {
-                return Ok(self
-                    .dev
-                    .read_at(out, (e.physical + block - e.logical) * BS)?);
+                return self.lun_read(out, (e.physical + block - e.logical) * BS);
             }
         }
         out.fill(0);
@@ -180,8 +207,7 @@ impl DataPath {
             match seg {
                 Segment::Mapped(e) => {
                     let at = ((e.logical - b0) * BS) as usize;
-                    self.dev
-                        .write_at(&buf[at..at + (e.len * BS) as usize], e.physical * BS)?;
+                    self.lun_write(&buf[at..at + (e.len * BS) as usize], e.physical * BS)?;
                 }
                 Segment::Hole { .. } => {
                     return Err(MetaError::Store("allocation left a hole".into()));
@@ -227,9 +253,9 @@ impl DataPath {
             && !e.unwritten
         {
             let mut buf = AlignedBuf::zeroed(BS as usize);
-            self.dev.read_at(&mut buf, e.physical * BS)?;
+            self.lun_read(&mut buf, e.physical * BS)?;
             buf[(from - block * BS) as usize..(to - block * BS) as usize].fill(0);
-            self.dev.write_at(&buf, e.physical * BS)?;
+            self.lun_write(&buf, e.physical * BS)?;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use fuser::{
 };
 use metadata::{AttrChange, FileKind, Inode, MetaError, NewNode, Timestamp, Unlinked};
 
-use crate::data::DataPath;
+use crate::data::{DataCounters, DataPath};
 use crate::inodes::InodeTable;
 use crate::locks::{MountLocks, RangeLocks};
 use crate::meta::Meta;
@@ -137,6 +137,11 @@ impl CsvFs {
             inodes: Arc::new(InodeTable::default()),
             locks: None,
         }
+    }
+
+    /// The bytes this mount moved on the LUN.
+    pub fn data_counters(&self) -> Arc<DataCounters> {
+        self.data.counters.clone()
     }
 
     /// Keeps POSIX locks and flock in `service` (cluster-wide) instead of the kernel.

@@ -129,6 +129,31 @@ fn a_file_written_on_one_node_reads_back_on_the_others_and_names_change_everywhe
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, ["x"]);
+    // Each follower moved its file bytes on the LUN itself: its counters show them as
+    // direct, none through another node, and its metadata went to the coordinator.
+    for n in [a, b] {
+        let io = c.volume_status(n).and_then(|v| v.io).expect("io in status");
+        println!("n{}: {io:?}", n + 1);
+        assert_eq!(io.state, "Direct");
+        assert!(io.bytes_direct >= sizes[n] as u64, "n{}: {io:?}", n + 1);
+        assert_eq!(io.bytes_redirected, 0);
+        assert!(
+            io.metadata_calls > 0 && io.local_calls == 0,
+            "n{}: {io:?}",
+            n + 1
+        );
+    }
+    let io = c.volume_status(coord).and_then(|v| v.io).unwrap();
+    assert!(
+        io.served_calls > 0 && io.metadata_calls == 0,
+        "coordinator: {io:?}"
+    );
+    let mut args = vec!["volume", "status", "--config", c.config.to_str().unwrap()];
+    for n in &c.nodes {
+        args.extend(["--root", n.root.to_str().unwrap()]);
+    }
+    let status = csvfs_tests::run_ok(&csvfs_tests::bin("csvctl"), &args);
+    println!("{status}");
     for (what, n) in [("the coordinator", coord), ("a follower", a)] {
         let d = mounts[n].join(format!("many-{n}"));
         std::fs::create_dir(&d).unwrap();

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use lockmgr::cluster_region::{ClusterRegion, HeartbeatSlot};
 use lockmgr::config::{Config, DEFAULT_CONFIG_PATH, VolumeConfig};
 use lockmgr::control::{self, NodeStatus};
+use lockmgr::shell::IoReport;
 use lockmgr::shell::lun_disk::wall_clock_ms;
 use metadata::Superblock;
 use serde::Serialize;
@@ -103,6 +104,8 @@ struct NodeLine {
     /// The disk heartbeat slot on the LUN.
     heartbeat: Option<HeartbeatSlot>,
     heartbeat_age_ms: Option<u64>,
+    /// How the node reaches the volume, and its counters.
+    io: Option<IoReport>,
 }
 
 /// One volume's status.
@@ -187,6 +190,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 leases: mine.map(|m| m.leases),
                 heartbeat: slot,
                 heartbeat_age_ms: slot.map(|s| now.saturating_sub(s.written_ms)),
+                io: mine.and_then(|m| m.io.clone()),
             });
         }
         volumes.push(line);
@@ -236,6 +240,23 @@ fn print_table(config: &Path, volumes: &[VolumeLine]) {
                     n.leases.unwrap_or(0)
                 ),
                 None => println!("  {:<12} id {:<3} {}; {hb}", n.node, n.id, n.daemon),
+            }
+            if let Some(io) = &n.io {
+                let reason = io
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                println!(
+                    "  {:<12}        {}{reason}: {} bytes direct, {} redirected; metadata calls: {} sent, {} local, {} served",
+                    "",
+                    io.state,
+                    io.bytes_direct,
+                    io.bytes_redirected,
+                    io.metadata_calls,
+                    io.local_calls,
+                    io.served_calls
+                );
             }
         }
     }

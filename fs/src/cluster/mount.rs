@@ -64,6 +64,7 @@ pub fn mount(
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
     let fs = CsvFs::new(Meta::new(vol.clone()), dev, false, true).with_locks(vol.clone());
+    vol.report_io(fs.data_counters());
     let session = fuser::Session::new(fs, &mp, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount volume {} on {}: {e}",

@@ -19,13 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blockdev::BlockDevice;
-use lockmgr::shell::{Shell, VolumeHandle};
+use lockmgr::shell::{IoReport, Shell, VolumeHandle};
 use lockmgr::transport::FramedStream;
 use metadata::{MetaError, MetaResult, OpenOptions, Volume};
 use parking_lot::RwLock;
 use tracing::{info, warn};
 
 use super::wire::{MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome};
+use crate::data::DataCounters;
 use crate::locks::{Done, RangeLocks};
 use crate::meta::{MetaCall, MetaReply, MetaService, local};
 use fuser::Errno;
@@ -104,6 +105,28 @@ impl ClusterVolume {
         );
         tokio::spawn(v.clone().follow_role());
         Ok(v)
+    }
+
+    /// Reports this volume's I/O in the node's status: `data`, the bytes its mount
+    /// moved on the LUN, and the metadata calls.
+    pub fn report_io(self: &Arc<Self>, data: Arc<DataCounters>) {
+        let me = Arc::downgrade(self);
+        self.shell.reporters().set(
+            &self.label,
+            Arc::new(move || {
+                let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                let calls = me.upgrade();
+                IoReport {
+                    state: "Direct".into(),
+                    reason: None,
+                    bytes_direct: c(&data.read) + c(&data.written),
+                    bytes_redirected: 0,
+                    metadata_calls: calls.as_ref().map_or(0, |v| c(&v.counters.remote_calls)),
+                    local_calls: calls.as_ref().map_or(0, |v| c(&v.counters.local_calls)),
+                    served_calls: calls.as_ref().map_or(0, |v| c(&v.counters.served_calls)),
+                }
+            }),
+        );
     }
 
     /// The label.

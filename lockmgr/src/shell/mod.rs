@@ -9,6 +9,7 @@
 //!                     sending tasks)      disk thread ── LunDisk ── LUN
 //! ```
 
+pub mod io_report;
 pub mod lun_disk;
 pub mod peers;
 pub mod services;
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+pub use io_report::{IoReport, Reporter, Reporters};
 pub use lun_disk::{LunDisk, RESERVATION_TYPE};
 pub use services::{ServiceError, ServiceHandler, Services};
 pub use volume::{LeaseError, LeaseEvent, VolumeHandle, VolumeStatus};
@@ -36,6 +38,7 @@ pub struct Shell {
     volumes: HashMap<String, VolumeHandle>,
     services: Services,
     links: services::ServiceLinks,
+    reporters: Reporters,
 }
 
 /// Why a node could not start.
@@ -127,6 +130,7 @@ impl Shell {
             endpoint,
             volumes: handles,
             services,
+            reporters: Reporters::default(),
         })
     }
 
@@ -160,9 +164,22 @@ impl Shell {
         self.links.open(to, volume, service).await
     }
 
+    /// Where the file system reports its I/O per volume (shown in status).
+    pub fn reporters(&self) -> &Reporters {
+        &self.reporters
+    }
+
     /// Every volume's state, by label.
     pub fn status(&self) -> Vec<VolumeStatus> {
-        let mut v: Vec<VolumeStatus> = self.volumes.values().map(|h| h.status()).collect();
+        let mut v: Vec<VolumeStatus> = self
+            .volumes
+            .values()
+            .map(|h| {
+                let mut s = h.status();
+                s.io = self.reporters.report(&s.label);
+                s
+            })
+            .collect();
         v.sort_by(|a, b| a.label.cmp(&b.label));
         v
     }

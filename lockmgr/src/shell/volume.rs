@@ -53,6 +53,9 @@ pub struct VolumeStatus {
     pub lockspace: Option<usize>,
     /// When the role last changed, ms since the Unix epoch.
     pub since_ms: u64,
+    /// The node's I/O on the volume, when its file system reports it.
+    #[serde(default)]
+    pub io: Option<super::IoReport>,
 }
 
 enum Command {
@@ -260,6 +263,7 @@ pub fn start(
         leases: 0,
         lockspace: None,
         since_ms: super::lun_disk::wall_clock_ms(),
+        io: None,
     });
     let (op_tx, op_rx) = std::sync::mpsc::channel::<(u64, DiskOp, u32)>();
     let disk = setup.disk.clone();
@@ -536,6 +540,7 @@ impl VolumeTask {
             leases: node.valid_leases(now).len(),
             lockspace: node.lockspace_holdings().map(|h| h.len()),
             since_ms: self.status.borrow().since_ms,
+            io: None,
         };
         self.status.send_if_modified(|s| {
             if *s != next {

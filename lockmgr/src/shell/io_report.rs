@@ -1,0 +1,49 @@
+//! How a node's file system reports its I/O on each volume to status: the lock manager
+//! serves the control socket, the file system above it knows the I/O; a volume's
+//! reporter, registered by the file system, fills in the status's `io`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+/// One node's I/O on one volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoReport {
+    /// How the node reaches the volume: `Direct`, `BlockRedirected` or
+    /// `FileSystemRedirected`.
+    pub state: String,
+    /// Why, when not `Direct`.
+    pub reason: Option<String>,
+    /// File bytes read and written on the LUN by this node itself.
+    pub bytes_direct: u64,
+    /// File bytes that went through another node.
+    pub bytes_redirected: u64,
+    /// Metadata calls sent to the coordinator.
+    pub metadata_calls: u64,
+    /// Metadata calls carried out on this node's store (as the coordinator).
+    pub local_calls: u64,
+    /// Other nodes' metadata calls this node served.
+    pub served_calls: u64,
+}
+
+/// Produces a volume's report on demand.
+pub type Reporter = Arc<dyn Fn() -> IoReport + Send + Sync>;
+
+/// The reporters of a node's volumes, by label.
+#[derive(Clone, Default)]
+pub struct Reporters(Arc<RwLock<HashMap<String, Reporter>>>);
+
+impl Reporters {
+    /// Sets the reporter of volume `label`.
+    pub fn set(&self, label: &str, reporter: Reporter) {
+        self.0.write().insert(label.to_string(), reporter);
+    }
+
+    /// Volume `label`'s report now, if it has a reporter.
+    pub fn report(&self, label: &str) -> Option<IoReport> {
+        let r = self.0.read().get(label).cloned();
+        r.map(|f| f())
+    }
+}
