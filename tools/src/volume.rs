@@ -248,14 +248,16 @@ fn print_table(config: &Path, volumes: &[VolumeLine]) {
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default();
                 println!(
-                    "  {:<12}        {}{reason}: {} bytes direct, {} redirected; metadata calls: {} sent, {} local, {} served",
+                    "  {:<12}        {}{reason}: {} bytes direct, {} redirected; metadata calls: {} sent, {} local, {} served; {} commits of {} changes",
                     "",
                     io.state,
                     io.bytes_direct,
                     io.bytes_redirected,
                     io.metadata_calls,
                     io.local_calls,
-                    io.served_calls
+                    io.served_calls,
+                    io.commits,
+                    io.committed_changes
                 );
             }
         }

@@ -13,6 +13,9 @@ use crate::meta::Meta;
 use crate::mount::is_mount_point;
 use crate::options::MountOptions;
 
+/// FUSE worker threads of a cluster mount.
+const CLUSTER_THREADS: usize = 16;
+
 /// Where a volume is mounted under `root`.
 pub fn mount_point(root: &Path, label: &str) -> PathBuf {
     root.join("ClusterStorage").join(label)
@@ -57,7 +60,12 @@ pub fn mount(
             mp.display()
         );
     }
-    let options = MountOptions::default();
+    // Requests of a node that does not coordinate wait on the network more than on
+    // the CPU: more workers keep more of them in flight (and in one group commit).
+    let options = MountOptions {
+        threads: CLUSTER_THREADS,
+        ..MountOptions::default()
+    };
     let mut config = fuser::Config::default();
     config.mount_options = options.fuse_options(source);
     config.acl = fuser::SessionACL::All;

@@ -116,7 +116,13 @@ impl ClusterVolume {
             Arc::new(move || {
                 let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
                 let calls = me.upgrade();
+                let stats = calls
+                    .as_ref()
+                    .and_then(|v| v.store.read().as_ref().map(|(_, vol)| vol.commit_stats()))
+                    .unwrap_or_default();
                 IoReport {
+                    commits: stats.commits,
+                    committed_changes: stats.jobs,
                     state: "Direct".into(),
                     reason: None,
                     bytes_direct: c(&data.read) + c(&data.written),

@@ -26,6 +26,12 @@ pub struct IoReport {
     pub local_calls: u64,
     /// Other nodes' metadata calls this node served.
     pub served_calls: u64,
+    /// Metadata commits of this node's store while it coordinates (group commits).
+    #[serde(default)]
+    pub commits: u64,
+    /// Changes in those commits.
+    #[serde(default)]
+    pub committed_changes: u64,
 }
 
 /// Produces a volume's report on demand.
