@@ -96,6 +96,10 @@ struct Coordination {
     drop_at: Vec<(NodeId, Millis)>,
     deferred: Vec<Decision>,
     ranges: RangeTable,
+    /// Nodes that did not report to this coordinator's rebuild and are not fenced yet:
+    /// they may hold byte-range locks nobody here knows of (range locks, unlike leases,
+    /// do not run out), so no range lock is granted until their keys are gone.
+    ranges_unknown: BTreeSet<NodeId>,
 }
 
 /// A node of one volume.
@@ -546,8 +550,12 @@ impl Node {
         };
         if now >= c.report_deadline && !c.waiting_reports.is_empty() {
             let silent: Vec<NodeId> = std::mem::take(&mut c.waiting_reports).into_iter().collect();
+            c.ranges_unknown.extend(silent.iter().copied());
             for n in silent {
-                self.fence_member(n);
+                // Every life of it: a life this node never heard (it restarted while
+                // this one was away) may hold byte-range locks from an earlier
+                // coordinator, and it did not report them.
+                self.fence_member_upto(n, u32::MAX);
             }
         }
         if now >= self.next_resend {
@@ -636,6 +644,11 @@ impl Node {
             .get(&node)
             .copied()
             .unwrap_or(u32::MAX);
+        self.fence_member_upto(node, upto);
+    }
+
+    /// Fences `node`'s keys of incarnations up to `upto`.
+    fn fence_member_upto(&mut self, node: NodeId, upto: u32) {
         let c = self.coord.as_mut().expect("coordinating");
         if c.fencing.insert(node) {
             self.queue_disk(DiskOp::ReadKeys, Purpose::FindKeysOf(node, upto));
@@ -874,6 +887,8 @@ impl Node {
         };
         c.drop_at.retain(|(n, _)| *n != node);
         c.fencing.remove(&node);
+        // Its earlier life's locks went with that life.
+        c.ranges_unknown.remove(&node);
         // Requests of the earlier life that came while the lockspace was being rebuilt
         // go too: granted, they would go to a life that no longer exists.
         c.early.retain(|(w, _)| w.node != node);
@@ -1221,6 +1236,7 @@ impl Node {
         let Some(c) = self.coord.as_mut() else {
             return;
         };
+        c.ranges_unknown.remove(&node);
         let fenced = c.fenced.entry(node).or_insert(incarnation);
         *fenced = (*fenced).max(incarnation);
         if self
