@@ -18,9 +18,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blockdev::{AlignedBuf, FileDevice};
+use blockdev::AlignedBuf;
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
 use csvfs_tests::{Scratch, env_number};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -103,11 +102,7 @@ fn main() {
     let count = env_number("COUNT", 10_000);
     let read_mb = env_number("READ_MB", 256);
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, (read_mb + 512) << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let mut c = Cluster::start(&s.path("cluster"), 3, LABEL, &mkfs_url);
+    let (_t, mut c) = Cluster::on_tgtd(&s, 3, LABEL, (read_mb + 512) << 20);
     let (coord, mut status) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
     c.wait_for_followers(&[0, 1, 2], coord, LIMIT);
     let mounts: Vec<PathBuf> = c

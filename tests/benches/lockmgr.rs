@@ -14,11 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use blockdev::FileDevice;
 use csvfs_tests::Scratch;
 use csvfs_tests::cluster::Cluster;
 use csvfs_tests::env_number;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
 use lockmgr::control::{Client, Request, Response};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -63,11 +61,7 @@ fn main() {
     let ops = env_number("OPS", 2000);
     let recalls = env_number("RECALLS", 50) as usize;
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 256 << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let mut c = Cluster::start(&s.path("cluster"), 3, "Volume1", &mkfs_url);
+    let (_t, mut c) = Cluster::on_tgtd(&s, 3, "Volume1", 256 << 20);
     let (coord, mut status) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
     // Let every node settle as a follower.
     std::thread::sleep(Duration::from_secs(2));

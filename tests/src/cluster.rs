@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use lockmgr::control::{Client, NodeStatus};
 use lockmgr::shell::VolumeStatus;
 
-use crate::tgtd::{reserve_port, spawn_tied_to_process};
-use crate::{bin, run_ok};
+use crate::tgtd::{Tgtd, TgtdOptions, reserve_port, spawn_tied_to_process};
+use crate::{Scratch, bin, run_ok};
 
 /// Where a node runs: its QUIC address, and the network namespace it runs in.
 #[derive(Clone, Debug)]
@@ -46,6 +46,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A tgtd serving a fresh `size`-byte image in `s`, and a cluster of `n` nodes on
+    /// 127.0.0.1 sharing it as volume `label` (formatted as initiator `mkfs`).
+    pub fn on_tgtd(s: &Scratch, n: usize, label: &str, size: u64) -> (Tgtd, Cluster) {
+        let img = s.path("lun.img");
+        blockdev::FileDevice::create_image(&img, size).expect("LUN image");
+        let t = Tgtd::start(&img, TgtdOptions::default());
+        let c = Cluster::start(&s.path("cluster"), n, label, &t.url_as("mkfs"));
+        (t, c)
+    }
+
     /// Makes a cluster of `n` nodes in `dir` with volume `label` on `lun` (formatted
     /// here, as `lun` is given to mkfs: an image file is made 256 MiB), and starts
     /// every node.

@@ -179,6 +179,11 @@ impl Tgtd {
         &self.backing
     }
 
+    /// The LUN's URL with initiator name `iqn.2026-11.io.csvfs.test:<who>`.
+    pub fn url_as(&self, who: &str) -> String {
+        format!("{}?initiator=iqn.2026-11.io.csvfs.test:{who}", self.url())
+    }
+
     /// The process id of the running daemon.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("tgtd is not running").id()

@@ -16,9 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use blockdev::FileDevice;
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
 use csvfs_tests::{Scratch, env_number, require_root_and_fuse};
 
 const LABEL: &str = "Volume1";
@@ -213,11 +211,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
 fn random_operations_through_random_nodes_match_the_model() {
     require_root_and_fuse();
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 512 << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let c = Cluster::start(&s.path("cluster"), 3, LABEL, &mkfs_url);
+    let (_t, c) = Cluster::on_tgtd(&s, 3, LABEL, 512 << 20);
     let (coord, _) = c.wait_for_coordinator(&[0, 1, 2], 0, Duration::from_secs(30));
     c.wait_for_followers(&[0, 1, 2], coord, Duration::from_secs(10));
     let paths: Vec<PathBuf> = c

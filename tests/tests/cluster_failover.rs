@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use blockdev::iscsi::{IscsiDevice, IscsiUrl};
-use blockdev::{AlignedBuf, BlockDevice, BlockError, FileDevice, PrOut};
+use blockdev::{AlignedBuf, BlockDevice, BlockError, PrOut};
 use csvfs_tests::Scratch;
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
+use csvfs_tests::tgtd::Tgtd;
 use lockmgr::control::{Request, Response};
 use metadata::Superblock;
 
@@ -29,11 +29,7 @@ fn witness(t: &Tgtd) -> IscsiDevice {
 #[test]
 fn kill_9_of_the_coordinator_moves_the_reservation_and_fences_its_key() {
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 256 << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let mut c = Cluster::start(&s.path("cluster"), 3, "Volume1", &mkfs_url);
+    let (t, mut c) = Cluster::on_tgtd(&s, 3, "Volume1", 256 << 20);
 
     let all = [0, 1, 2];
     let (old, first) = c.wait_for_coordinator(&all, 0, TAKEOVER_LIMIT);
@@ -122,11 +118,7 @@ fn kill_9_of_the_coordinator_moves_the_reservation_and_fences_its_key() {
 #[test]
 fn a_target_restart_forgets_every_registration_and_the_nodes_elect_again() {
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 256 << 20).unwrap();
-    let mut t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let c = Cluster::start(&s.path("cluster"), 3, "Volume1", &mkfs_url);
+    let (mut t, c) = Cluster::on_tgtd(&s, 3, "Volume1", 256 << 20);
     let all = [0, 1, 2];
     let (coord, first) = c.wait_for_coordinator(&all, 0, TAKEOVER_LIMIT);
     c.wait_for_followers(&all, coord, Duration::from_secs(10));

@@ -8,9 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use blockdev::FileDevice;
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
+use csvfs_tests::tgtd::Tgtd;
 use csvfs_tests::{Scratch, require_root_and_fuse, run_pjdfstest};
 
 const LABEL: &str = "Volume1";
@@ -19,11 +18,7 @@ const LABEL: &str = "Volume1";
 /// points and the coordinator's index.
 fn three_mounted_nodes(s: &Scratch) -> (Tgtd, Cluster, Vec<PathBuf>, usize) {
     require_root_and_fuse();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 512 << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let c = Cluster::start(&s.path("cluster"), 3, LABEL, &mkfs_url);
+    let (t, c) = Cluster::on_tgtd(&s, 3, LABEL, 512 << 20);
     let (coord, st) = c.wait_for_coordinator(&[0, 1, 2], 0, Duration::from_secs(30));
     c.wait_for_followers(&[0, 1, 2], coord, Duration::from_secs(10));
     println!("coordinator: {} in epoch {}", c.nodes[coord].name, st.epoch);

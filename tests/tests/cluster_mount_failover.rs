@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use blockdev::FileDevice;
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
 use csvfs_tests::{Scratch, assert_fsck_clean, env_number, require_root_and_fuse, run_fsx};
 
 const LABEL: &str = "Volume1";
@@ -20,11 +18,7 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 fn kill_9_of_the_coordinator_while_fsx_runs_on_another_node() {
     require_root_and_fuse();
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 512 << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let url = |who: &str| format!("{}?initiator=iqn.2026-11.io.csvfs.test:{who}", t.url());
-    let mut c = Cluster::start(&s.path("cluster"), 3, LABEL, &url("mkfs"));
+    let (t, mut c) = Cluster::on_tgtd(&s, 3, LABEL, 512 << 20);
     let all = [0, 1, 2];
     let (coord, first) = c.wait_for_coordinator(&all, 0, FAILOVER_LIMIT);
     c.wait_for_followers(&all, coord, Duration::from_secs(10));
@@ -81,5 +75,5 @@ fn kill_9_of_the_coordinator_while_fsx_runs_on_another_node() {
     }
     // fsck refuses a volume whose heartbeat slots still advance: wait them out.
     std::thread::sleep(Duration::from_secs(3));
-    assert_fsck_clean(Path::new(&url("fsck")));
+    assert_fsck_clean(Path::new(&t.url_as("fsck")));
 }

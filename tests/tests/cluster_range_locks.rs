@@ -8,11 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use blockdev::BlockDevice;
 use blockdev::iscsi::{IscsiDevice, IscsiUrl};
-use blockdev::{BlockDevice, FileDevice};
 use csvfs_tests::Scratch;
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
 use lockmgr::control::{HeldLock, LockAnswer, LockRequest};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -30,11 +29,7 @@ fn write_lock(start: u64, end: u64, wait: bool) -> LockRequest {
 #[test]
 fn byte_range_locks_conflict_wait_and_go_with_their_holder() {
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 256 << 20).unwrap();
-    let t = Tgtd::start(&img, TgtdOptions::default());
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let mut c = Cluster::start(&s.path("cluster"), 3, VOL, &mkfs_url);
+    let (t, mut c) = Cluster::on_tgtd(&s, 3, VOL, 256 << 20);
     let (coord, _) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
     let followers: Vec<usize> = (0..3).filter(|&i| i != coord).collect();
     c.wait_for_followers(&followers, coord, LIMIT);
