@@ -70,6 +70,24 @@ fn kill_9_of_the_coordinator_while_fsx_runs_on_another_node() {
         c.nodes[runner].name
     );
 
+    // The killed node comes back: it rejoins, mounts again and reads what the others
+    // wrote while it was away.
+    c.restart(coord);
+    let back = c.nodes[coord].wait_mounted(LABEL, FAILOVER_LIMIT);
+    let there = std::fs::read(mp.join("fsx.failover")).unwrap();
+    let here = std::fs::read(back.join("fsx.failover")).unwrap();
+    assert!(
+        here == there,
+        "the restarted {} reads another fsx file",
+        c.nodes[coord].name
+    );
+    println!(
+        "{} restarted, mounted again, reads the fsx file ({} bytes) as {} does",
+        c.nodes[coord].name,
+        here.len(),
+        c.nodes[runner].name
+    );
+
     for n in &mut c.nodes {
         n.stop();
     }
