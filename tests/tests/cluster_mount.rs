@@ -18,7 +18,7 @@ const LABEL: &str = "Volume1";
 /// points and the coordinator's index.
 fn three_mounted_nodes(s: &Scratch) -> (Tgtd, Cluster, Vec<PathBuf>, usize) {
     require_root_and_fuse();
-    let (t, c) = Cluster::on_tgtd(&s, 3, LABEL, 512 << 20);
+    let (t, c) = Cluster::on_tgtd(s, 3, LABEL, 512 << 20);
     let (coord, st) = c.wait_for_coordinator(&[0, 1, 2], 0, Duration::from_secs(30));
     c.wait_for_followers(&[0, 1, 2], coord, Duration::from_secs(10));
     println!("coordinator: {} in epoch {}", c.nodes[coord].name, st.epoch);
