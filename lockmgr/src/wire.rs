@@ -696,8 +696,8 @@ mod tests {
 
     #[test]
     fn bad_fields_say_what_is_wrong() {
-        let e = Frame::decode(&[3]).unwrap_err();
-        assert!(e.to_string().contains("unknown frame tag 3"), "{e}");
+        let e = Frame::decode(&[4]).unwrap_err();
+        assert!(e.to_string().contains("unknown frame tag 4"), "{e}");
         let e = Frame::decode(&[2, 0]).unwrap_err();
         assert!(e.to_string().contains("label length 0"), "{e}");
         let e = Frame::decode(&[2, 1, 0xff, 0, 0, 0, 0, 7]).unwrap_err();
