@@ -20,15 +20,11 @@ use std::time::{Duration, Instant};
 
 use blockdev::AlignedBuf;
 use csvfs_tests::cluster::Cluster;
+use csvfs_tests::median;
 use csvfs_tests::{Scratch, env_number};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const LABEL: &str = "Volume1";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// MB/s of reading `path` with 1 MiB O_DIRECT reads.
 fn read_rate(path: &Path) -> f64 {

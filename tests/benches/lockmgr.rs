@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use csvfs_tests::Scratch;
 use csvfs_tests::cluster::Cluster;
 use csvfs_tests::env_number;
+use csvfs_tests::median;
 use lockmgr::control::{Client, Request, Response};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -38,11 +39,6 @@ fn release(client: &mut Client, resource: &str) {
             resource: resource.into(),
         })
         .unwrap();
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn acquire_release_rate(c: &Cluster, node: usize, ops: u64) -> f64 {

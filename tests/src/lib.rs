@@ -334,6 +334,12 @@ pub fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The median of benchmark samples (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Runs fsx with the project's configuration on `file` for `ops` operations.
 pub fn run_fsx(file: &Path, seed: u64, ops: u64) -> (bool, String) {
     let artifacts = std::env::temp_dir();

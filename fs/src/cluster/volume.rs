@@ -305,11 +305,7 @@ impl ClusterVolume {
 /// The first request id of this process: the clock in ms, shifted past the ids one
 /// life can use.
 fn first_request_id() -> u64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1);
-    ms << 20
+    lockmgr::shell::lun_disk::wall_clock_ms() << 20
 }
 
 impl RangeLocks for ClusterVolume {
