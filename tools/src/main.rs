@@ -5,7 +5,6 @@ mod cluster;
 mod fsck;
 mod in_use;
 mod mkfs;
-mod size;
 mod volume;
 
 use clap::{Parser, Subcommand};

@@ -7,7 +7,7 @@ use blockdev::{FileDevice, LunUrl, open_lun_exclusive};
 use clap::Parser;
 use metadata::{FormatOptions, Volume};
 
-use crate::size::parse_size;
+use blockdev::size::parse_size;
 
 /// Format a LUN (an image file, a block device or an iscsi:// URL) as a csvfs volume.
 #[derive(Parser, Debug)]

@@ -15,6 +15,7 @@ mod lun;
 mod overlay;
 mod pr_state;
 mod reservation;
+pub mod size;
 
 pub use aligned::AlignedBuf;
 pub use crash_sim::CrashSimDevice;

@@ -1,0 +1,4 @@
+//! The `vmm` subcommands, one file each.
+
+pub mod create;
+pub mod disk;

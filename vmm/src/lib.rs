@@ -1,0 +1,10 @@
+//! The csvfs VMM: virtual machines whose disks (VHD files) live on a shared csvfs
+//! volume, so that any node of the cluster can run them and a running VM can move
+//! between nodes by moving its memory while its disk stays put.
+//!
+//! This crate owns the disk formats ([`vhd`]), the VM's configuration beside its disk
+//! on the volume ([`vm_config`]) and the `vmm` CLI. It does not own the volume (the
+//! `csvfs` crate mounts it) nor the cluster's membership and leases (`lockmgr`).
+
+pub mod vhd;
+pub mod vm_config;
