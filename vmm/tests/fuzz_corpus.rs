@@ -1,27 +1,39 @@
-//! Replays the corpus of the `vhd_open` fuzz target (vmm/fuzz/corpus/vhd_open) as
-//! CI's short form of it: every input is refused with an error or opens, reads, takes
-//! a write and reopens with it; nothing panics.
+//! Replays the corpora of the fuzz targets (vmm/fuzz/corpus/*) as CI's short form of
+//! them: every VHD input is refused with an error or opens, reads, takes a write and
+//! reopens with it; every saved-state input is refused or round-trips; nothing panics.
 
 use std::path::Path;
 
+use vmm::machine::state_codec::check_untrusted;
 use vmm::vhd::exercise::open_and_exercise;
 
-#[test]
-fn vhd_open_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/vhd_open");
+/// Runs `check` over every input of the corpus `name`; returns (inputs, accepted).
+fn replay<E>(name: &str, check: impl Fn(&[u8]) -> Result<(), E>) -> (usize, usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(name);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {} is missing: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
     assert!(!files.is_empty(), "corpus {} is empty", dir.display());
-    let mut opened = 0;
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        if open_and_exercise(&data).is_ok() {
-            opened += 1;
-        }
-    }
-    println!("vhd_open: {} inputs, {opened} open as VHDs", files.len());
+    let accepted = files
+        .iter()
+        .filter(|f| check(&std::fs::read(f).unwrap()).is_ok())
+        .count();
+    println!("{name}: {} inputs, {accepted} accepted", files.len());
+    (files.len(), accepted)
+}
+
+#[test]
+fn vhd_open_corpus() {
+    let (_, opened) = replay("vhd_open", open_and_exercise);
     assert!(opened > 0, "the corpus lacks valid VHDs");
+}
+
+#[test]
+fn vm_state_corpus() {
+    let (_, decoded) = replay("vm_state", check_untrusted);
+    assert!(decoded > 0, "the corpus lacks valid states");
 }

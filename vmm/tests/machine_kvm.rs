@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use vmm::devices::serial::ConsoleSink;
 use vmm::machine::memory::{snapshot, take_vmm_dirty};
-use vmm::machine::{Machine, RunState};
+use vmm::machine::{Machine, RunState, state_codec};
 use vmm::test_guest::{TestGuestParams, TestGuestStatus, decode_record};
 use vmm::vhd::{DiskType, VhdImage};
 
@@ -167,7 +167,8 @@ fn a_saved_guest_goes_on_exactly_in_a_fresh_vm() {
 
     first.pause().unwrap();
     let before = first.test_guest_status();
-    let state = first.save().unwrap();
+    // Through the bytes `vmm save` writes and a migration sends.
+    let state = state_codec::decode(&state_codec::encode(&first.save().unwrap())).unwrap();
     let memory = snapshot(first.ram());
     first.devices().blk.disk().flush().unwrap();
     first.stop();

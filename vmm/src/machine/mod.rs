@@ -10,6 +10,7 @@
 pub mod layout;
 pub mod long_mode;
 pub mod memory;
+pub mod state_codec;
 pub mod vcpu_state;
 mod vcpu_thread;
 
