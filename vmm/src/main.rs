@@ -20,16 +20,39 @@ struct Cli {
 enum Command {
     /// Create a VM on a volume: its directory, vm.toml and VHD disk.
     Create(commands::create::CreateArgs),
+    /// Start a VM on this node (or --on another node of this host).
+    Start(commands::lifecycle::StartArgs),
+    /// Stop a running VM (its disk flushed).
+    Stop(commands::lifecycle::VmArgs),
+    /// List the VMs on the mounted volumes: state, node, guest progress.
+    List(commands::list::ListArgs),
+    /// Print what a VM's guest printed on its serial console (--follow for more).
+    Console(commands::console::ConsoleArgs),
+    /// Quick migration, first half: write a running VM's memory and state beside its
+    /// disk and stop it.
+    Save(commands::lifecycle::VmArgs),
+    /// Quick migration, second half: resume a saved VM on this node or --on another.
+    Restore(commands::lifecycle::StartArgs),
     /// Create, import, export and inspect VHD disks.
     #[command(subcommand)]
     Disk(commands::disk::DiskCommand),
+    /// The VM process itself (started by `start` and `restore`).
+    #[command(hide = true)]
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Create(args) => commands::create::run(args),
+        Command::Start(args) => commands::lifecycle::start(args),
+        Command::Stop(args) => commands::lifecycle::stop(args),
+        Command::List(args) => commands::list::run(args),
+        Command::Console(args) => commands::console::run(args),
+        Command::Save(args) => commands::lifecycle::save(args),
+        Command::Restore(args) => commands::lifecycle::restore(args),
         Command::Disk(cmd) => commands::disk::run(cmd),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,8 +102,10 @@ pub fn decode(bytes: &[u8]) -> Result<SavedState, StateError> {
     let regs = r.pod("the general registers")?;
     let sregs = r.pod("the special registers")?;
     let fpu = decode_fpu(&mut r)?;
-    let mut xsave = kvm_xsave::default();
-    xsave.region = r.pod("the XSAVE area")?;
+    let xsave = kvm_xsave {
+        region: r.pod("the XSAVE area")?,
+        ..Default::default()
+    };
     let xcrs = r.pod("the XCRs")?;
     let lapic = r.pod("the local APIC")?;
     let events = r.pod("the vCPU events")?;

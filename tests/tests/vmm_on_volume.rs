@@ -1,0 +1,214 @@
+//! VMs on a shared volume, with real `csvfs node` daemons (two nodes on an image-file
+//! LUN), real KVM and the bundled test guest: `vmm create` lays the VM out on the
+//! volume, `vmm start` runs it on one node and the VM lease keeps the other node from
+//! running it too, `vmm console` and `vmm list` show it from either node, and quick
+//! migration (`vmm save`, then `vmm restore --on` the other node) moves it with its
+//! counter going on and every disk record in order.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use csvfs_tests::cluster::Cluster;
+use csvfs_tests::{Scratch, bin, require_root_and_fuse, run, run_ok};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test runs VMs and needs /dev/kvm (load kvm_intel or kvm_amd)"
+    );
+}
+
+/// `vmm list --json` from the node with root `root`: the row of `vm`.
+fn vm_row(root: &str, vm: &str) -> serde_json::Value {
+    let json = run_ok(&bin("vmm"), &["list", "--json", "--root", root]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == vm)
+        .unwrap_or_else(|| panic!("{vm} not in vmm list: {json}"))
+        .clone()
+}
+
+/// Waits until `vm`'s row satisfies `done`.
+fn wait_row(
+    root: &str,
+    vm: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let row = vm_row(root, vm);
+        if done(&row) {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn counter(row: &serde_json::Value) -> u64 {
+    row["guest"]["counter"].as_u64().unwrap_or(0)
+}
+
+fn records(row: &serde_json::Value) -> u64 {
+    row["guest"]["records"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_vm_runs_on_one_node_and_moves_by_quick_migration() {
+    require_root_and_fuse();
+    require_kvm();
+    let s = Scratch::new();
+    let lun = s.path("lun.img");
+    let c = Cluster::start(&s.path("cluster"), 2, "Volume1", &lun.display().to_string());
+    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
+    c.wait_for_followers(&[0, 1], coord, LIMIT);
+    let m1 = c.nodes[0].wait_mounted("Volume1", LIMIT);
+    let m2 = c.nodes[1].wait_mounted("Volume1", LIMIT);
+    let config = c.config.display().to_string();
+    let r1 = c.nodes[0].root.display().to_string();
+    let r2 = c.nodes[1].root.display().to_string();
+    let vmm = bin("vmm");
+
+    // Create: the VM's directory on the volume, seen from both nodes.
+    let out = run_ok(
+        &vmm,
+        &[
+            "create",
+            "web1",
+            "--volume",
+            "Volume1",
+            "--config",
+            &config,
+            "--root",
+            &r1,
+            "--memory",
+            "64M",
+            "--disk-size",
+            "64M",
+            "--dirty-rate",
+            "4M",
+        ],
+    );
+    assert!(out.contains("created VM web1"), "{out}");
+    for m in [&m1, &m2] {
+        assert!(m.join("web1/vm.toml").is_file() && m.join("web1/web1.vhd").is_file());
+    }
+    let info = run_ok(
+        &vmm,
+        &[
+            "disk",
+            "info",
+            "--json",
+            &m2.join("web1/web1.vhd").display().to_string(),
+        ],
+    );
+    assert!(info.contains("\"size\":67108864"), "{info}");
+
+    // Start on n1; the lease keeps n2 from starting it too.
+    let _stop = StopVm { root: &r1 };
+    let out = run_ok(&vmm, &["start", "web1", "--root", &r1]);
+    assert!(out.contains("started VM web1 on node n1"), "{out}");
+    let row = wait_row(&r2, "web1", "the guest to write records", |r| {
+        records(r) >= 3
+    });
+    assert_eq!(row["node"], "n1", "{row}");
+    assert_eq!(row["state"], "running", "{row}");
+    let second = run(&vmm, &["start", "web1", "--root", &r2]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already running on node n1"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // The console, from the other node's side.
+    let deadline = Instant::now() + LIMIT;
+    let console = loop {
+        let text = run_ok(&vmm, &["console", "web1", "--root", &r2]);
+        if text.contains("counter=") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(console.contains("test guest: started"), "{console}");
+    assert!(console.contains("counter="), "{console}");
+
+    // Quick migration to n2.
+    let before = vm_row(&r1, "web1");
+    let out = run_ok(&vmm, &["save", "web1", "--root", &r1]);
+    assert!(out.contains("saved VM web1 from node n1"), "{out}");
+    assert_eq!(vm_row(&r2, "web1")["state"], "saved");
+    let out = run_ok(&vmm, &["restore", "web1", "--on", "n2", "--root", &r1]);
+    assert!(out.contains("restored VM web1 on node n2"), "{out}");
+    println!("{}", out.trim());
+    let after = wait_row(&r1, "web1", "the guest to go on on n2", |r| {
+        r["node"] == "n2" && records(r) >= records(&before) + 3
+    });
+    assert!(
+        counter(&after) > counter(&before),
+        "counter went on: {before} then {after}"
+    );
+    assert!(
+        !m2.join("web1/web1.vmstate").exists(),
+        "the save is gone once the VM runs again"
+    );
+    let n2_console =
+        std::fs::read_to_string(c.nodes[1].root.join("run/csvfs/vmm/web1.console")).unwrap();
+    assert!(
+        !n2_console.contains("started"),
+        "the guest did not boot again: {n2_console}"
+    );
+
+    // Stop; every record on the disk, in order.
+    let out = run_ok(&vmm, &["stop", "web1", "--root", &r1]);
+    assert!(out.contains("stopped VM web1 on node n2"), "{out}");
+    assert_eq!(vm_row(&r1, "web1")["state"], "stopped");
+    let raw = s.path("web1.raw");
+    run_ok(
+        &vmm,
+        &[
+            "disk",
+            "export",
+            &m1.join("web1/web1.vhd").display().to_string(),
+            &raw.display().to_string(),
+        ],
+    );
+    let disk = std::fs::read(&raw).unwrap();
+    let mut last_counter = 0;
+    let mut n = 0u64;
+    for sector in disk[512..].chunks(512) {
+        if &sector[..8] != b"CSVREC01" {
+            break;
+        }
+        let number = u64::from_le_bytes(sector[8..16].try_into().unwrap());
+        let count = u64::from_le_bytes(sector[16..24].try_into().unwrap());
+        assert_eq!(number, n, "records in order");
+        assert!(count > last_counter, "counters rise");
+        last_counter = count;
+        n += 1;
+    }
+    assert!(
+        n >= records(&after),
+        "{n} records on disk, the guest had written {}",
+        records(&after)
+    );
+    println!("{n} records on disk, in order, across the move from n1 to n2");
+    drop(c);
+}
+
+/// Stops the VM if the test fails while it runs, so that the nodes can unmount.
+struct StopVm<'a> {
+    root: &'a str,
+}
+
+impl Drop for StopVm<'_> {
+    fn drop(&mut self) {
+        let _ = run(&bin("vmm"), &["stop", "web1", "--root", self.root]);
+    }
+}
