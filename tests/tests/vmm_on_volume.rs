@@ -3,7 +3,8 @@
 //! volume, `vmm start` runs it on one node and the VM lease keeps the other node from
 //! running it too, `vmm console` and `vmm list` show it from either node, and quick
 //! migration (`vmm save`, then `vmm restore --on` the other node) moves it with its
-//! counter going on and every disk record in order.
+//! counter going on and every disk record in order; live migration (`vmm migrate`)
+//! moves it while it runs, there and back.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -63,41 +64,10 @@ fn records(row: &serde_json::Value) -> u64 {
 
 #[test]
 fn a_vm_runs_on_one_node_and_moves_by_quick_migration() {
-    require_root_and_fuse();
-    require_kvm();
-    let s = Scratch::new();
-    let lun = s.path("lun.img");
-    let c = Cluster::start(&s.path("cluster"), 2, "Volume1", &lun.display().to_string());
-    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
-    c.wait_for_followers(&[0, 1], coord, LIMIT);
-    let m1 = c.nodes[0].wait_mounted("Volume1", LIMIT);
-    let m2 = c.nodes[1].wait_mounted("Volume1", LIMIT);
-    let config = c.config.display().to_string();
-    let r1 = c.nodes[0].root.display().to_string();
-    let r2 = c.nodes[1].root.display().to_string();
+    let (s, c, [m1, m2], [r1, r2], _) = cluster_with_vm("4M");
     let vmm = bin("vmm");
 
-    // Create: the VM's directory on the volume, seen from both nodes.
-    let out = run_ok(
-        &vmm,
-        &[
-            "create",
-            "web1",
-            "--volume",
-            "Volume1",
-            "--config",
-            &config,
-            "--root",
-            &r1,
-            "--memory",
-            "64M",
-            "--disk-size",
-            "64M",
-            "--dirty-rate",
-            "4M",
-        ],
-    );
-    assert!(out.contains("created VM web1"), "{out}");
+    // Create laid the VM out on the volume, seen from both nodes.
     for m in [&m1, &m2] {
         assert!(m.join("web1/vm.toml").is_file() && m.join("web1/web1.vhd").is_file());
     }
@@ -169,13 +139,27 @@ fn a_vm_runs_on_one_node_and_moves_by_quick_migration() {
     let out = run_ok(&vmm, &["stop", "web1", "--root", &r1]);
     assert!(out.contains("stopped VM web1 on node n2"), "{out}");
     assert_eq!(vm_row(&r1, "web1")["state"], "stopped");
+    let n = records_on_disk(&s, &m1);
+    assert!(
+        n >= records(&after),
+        "{n} records on disk, the guest had written {}",
+        records(&after)
+    );
+    println!("{n} records on disk, in order, across the move from n1 to n2");
+    drop(c);
+}
+
+/// Checks the test guest's records on web1's disk are numbered 0, 1, ... with rising
+/// counters; returns how many there are.
+fn records_on_disk(s: &Scratch, mount: &Path) -> u64 {
     let raw = s.path("web1.raw");
+    let vhd = mount.join("web1/web1.vhd");
     run_ok(
-        &vmm,
+        &bin("vmm"),
         &[
             "disk",
             "export",
-            &m1.join("web1/web1.vhd").display().to_string(),
+            &vhd.display().to_string(),
             &raw.display().to_string(),
         ],
     );
@@ -193,12 +177,139 @@ fn a_vm_runs_on_one_node_and_moves_by_quick_migration() {
         last_counter = count;
         n += 1;
     }
-    assert!(
-        n >= records(&after),
-        "{n} records on disk, the guest had written {}",
-        records(&after)
+    n
+}
+
+/// A two-node cluster with web1 created on Volume1: (scratch, cluster, mounts, roots,
+/// config).
+fn cluster_with_vm(
+    dirty_rate: &str,
+) -> (
+    Scratch,
+    Cluster,
+    [std::path::PathBuf; 2],
+    [String; 2],
+    String,
+) {
+    require_root_and_fuse();
+    require_kvm();
+    let s = Scratch::new();
+    let lun = s.path("lun.img");
+    let c = Cluster::start(&s.path("cluster"), 2, "Volume1", &lun.display().to_string());
+    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
+    c.wait_for_followers(&[0, 1], coord, LIMIT);
+    let m1 = c.nodes[0].wait_mounted("Volume1", LIMIT);
+    let m2 = c.nodes[1].wait_mounted("Volume1", LIMIT);
+    let config = c.config.display().to_string();
+    let r1 = c.nodes[0].root.display().to_string();
+    let r2 = c.nodes[1].root.display().to_string();
+    let out = run_ok(
+        &bin("vmm"),
+        &[
+            "create",
+            "web1",
+            "--volume",
+            "Volume1",
+            "--config",
+            &config,
+            "--root",
+            &r1,
+            "--memory",
+            "64M",
+            "--disk-size",
+            "64M",
+            "--dirty-rate",
+            dirty_rate,
+        ],
     );
-    println!("{n} records on disk, in order, across the move from n1 to n2");
+    assert!(out.contains("created VM web1"), "{out}");
+    (s, c, [m1, m2], [r1, r2], config)
+}
+
+#[test]
+fn a_running_vm_live_migrates_there_and_back() {
+    let (s, c, [m1, _m2], [r1, r2], config) = cluster_with_vm("8M");
+    let vmm = bin("vmm");
+    let _stop = StopVm { root: &r1 };
+    run_ok(&vmm, &["start", "web1", "--root", &r1, "--config", &config]);
+    let mut before = wait_row(&r1, "web1", "the guest to write records", |r| {
+        records(r) >= 3
+    });
+    let mut downtimes = Vec::new();
+    for (to, from_root, n) in [("n2", &r1, 0), ("n1", &r2, 1)] {
+        let out = run_ok(
+            &vmm,
+            &[
+                "migrate",
+                "web1",
+                "--to",
+                to,
+                "--root",
+                from_root,
+                "--config",
+                &config,
+                "--downtime-ms",
+                "300",
+            ],
+        );
+        println!("{}", out.trim());
+        let last = out.lines().last().unwrap();
+        assert!(
+            last.starts_with(&format!(
+                "migrated VM web1 from {} to {to}: downtime ",
+                if n == 0 { "n1" } else { "n2" }
+            )),
+            "{out}"
+        );
+        assert!(out.contains("round  1:"), "progress shown: {out}");
+        let field = |name: &str| -> u64 {
+            let at = last
+                .find(name)
+                .unwrap_or_else(|| panic!("{name} in {last}"));
+            last[..at]
+                .trim_end()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .trim_end_matches(',')
+                .parse()
+                .unwrap()
+        };
+        downtimes.push(field(" ms, total"));
+        assert!(field(" rounds") >= 2, "{last}");
+        assert!(field(" bytes") > 1 << 20, "{last}");
+        let after = wait_row(&r1, "web1", "the guest to go on after the move", |r| {
+            r["node"] == to && records(r) >= records(&before) + 3
+        });
+        assert!(
+            counter(&after) > counter(&before),
+            "counter went on: {before} then {after}"
+        );
+        assert_eq!(after["state"], "running", "{after}");
+        let console = std::fs::read_to_string(
+            c.nodes[if to == "n2" { 1 } else { 0 }]
+                .root
+                .join("run/csvfs/vmm/web1.console"),
+        )
+        .unwrap();
+        if to == "n2" {
+            assert!(
+                !console.contains("started"),
+                "the guest did not boot again on n2: {console}"
+            );
+        }
+        before = after;
+    }
+    run_ok(&vmm, &["stop", "web1", "--root", &r1]);
+    let n = records_on_disk(&s, &m1);
+    assert!(
+        n >= records(&before),
+        "{n} records on disk, the guest had written {}",
+        records(&before)
+    );
+    println!(
+        "downtimes {downtimes:?} ms; {n} records on disk, in order, across two live migrations"
+    );
     drop(c);
 }
 

@@ -10,6 +10,7 @@
 
 pub mod devices;
 pub mod machine;
+pub mod migration;
 pub mod runner;
 pub mod test_guest;
 pub mod vhd;

@@ -33,6 +33,8 @@ enum Command {
     Save(commands::lifecycle::VmArgs),
     /// Quick migration, second half: resume a saved VM on this node or --on another.
     Restore(commands::lifecycle::StartArgs),
+    /// Live-migrate a running VM to another node: its memory moves, its disk stays.
+    Migrate(commands::migrate::MigrateArgs),
     /// Create, import, export and inspect VHD disks.
     #[command(subcommand)]
     Disk(commands::disk::DiskCommand),
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Console(args) => commands::console::run(args),
         Command::Save(args) => commands::lifecycle::save(args),
         Command::Restore(args) => commands::lifecycle::restore(args),
+        Command::Migrate(args) => commands::migrate::run(args),
         Command::Disk(cmd) => commands::disk::run(cmd),
         Command::Run(args) => commands::run::run(args),
     };

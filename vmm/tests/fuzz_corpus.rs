@@ -1,10 +1,12 @@
 //! Replays the corpora of the fuzz targets (vmm/fuzz/corpus/*) as CI's short form of
 //! them: every VHD input is refused with an error or opens, reads, takes a write and
-//! reopens with it; every saved-state input is refused or round-trips; nothing panics.
+//! reopens with it; every saved-state or migration-frame input is refused or
+//! round-trips; nothing panics.
 
 use std::path::Path;
 
-use vmm::machine::state_codec::check_untrusted;
+use vmm::machine::state_codec;
+use vmm::migration::wire;
 use vmm::vhd::exercise::open_and_exercise;
 
 /// Runs `check` over every input of the corpus `name`; returns (inputs, accepted).
@@ -34,6 +36,12 @@ fn vhd_open_corpus() {
 
 #[test]
 fn vm_state_corpus() {
-    let (_, decoded) = replay("vm_state", check_untrusted);
+    let (_, decoded) = replay("vm_state", state_codec::check_untrusted);
     assert!(decoded > 0, "the corpus lacks valid states");
+}
+
+#[test]
+fn migration_frame_corpus() {
+    let (_, decoded) = replay("migration_frame", wire::check_untrusted);
+    assert!(decoded > 0, "the corpus lacks valid frames");
 }

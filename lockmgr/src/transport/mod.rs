@@ -166,6 +166,10 @@ struct Local {
     config: Config,
     node: String,
     alpn: Vec<u8>,
+    /// A service endpoint (on another port than the node's configured one, such as
+    /// the VMM's migration endpoint): peers are checked by certificate and IP
+    /// address, not port, since they dial from their own service endpoints.
+    service: bool,
 }
 
 impl Local {
@@ -210,12 +214,30 @@ impl Endpoint {
         identity: NodeIdentity,
         ca: CertificateDer<'static>,
     ) -> Result<Endpoint, TransportError> {
-        let addr = config
-            .node(node)
-            .ok_or_else(|| TransportError::UnknownNode {
-                node: node.to_string(),
-            })?
-            .address;
+        let addr = node_address(config, node)?;
+        Endpoint::bind_inner(config, node, identity, ca, addr, false)
+    }
+
+    /// Binds a service endpoint of node `node`: on the node's configured IP address
+    /// and a port the system picks, with the node's certificate, admitting the
+    /// cluster's nodes from any port of their configured addresses. Other services
+    /// than the lock manager (the VMM's live migration) use it.
+    pub fn bind_service(config: &Config, node: &str) -> Result<Endpoint, TransportError> {
+        let dir = config.cert_dir();
+        let identity = NodeIdentity::load(&dir, &config.name, node)?;
+        let ca = identity::load_ca(&dir)?;
+        let addr = SocketAddr::new(node_address(config, node)?.ip(), 0);
+        Endpoint::bind_inner(config, node, identity, ca, addr, true)
+    }
+
+    fn bind_inner(
+        config: &Config,
+        node: &str,
+        identity: NodeIdentity,
+        ca: CertificateDer<'static>,
+        addr: SocketAddr,
+        service: bool,
+    ) -> Result<Endpoint, TransportError> {
         let version = config.protocol_version;
         let setup = |e: &dyn std::fmt::Display| TransportError::TlsSetup(e.to_string());
         let transport = Arc::new(transport_config(config).map_err(|e| setup(&e))?);
@@ -239,6 +261,7 @@ impl Endpoint {
             config: config.clone(),
             node: node.to_string(),
             alpn: tls::alpn(version),
+            service,
         });
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let acceptor = tokio::spawn(run_acceptor(quic.clone(), local.clone(), tx));
@@ -265,19 +288,24 @@ impl Endpoint {
     /// Dials `peer`, checks it is that node of this cluster, and waits until it has
     /// admitted this node.
     pub async fn connect(&self, peer: &str) -> Result<Connection, TransportError> {
-        let node = self
-            .local
-            .config
-            .node(peer)
-            .ok_or_else(|| TransportError::UnknownNode {
-                node: peer.to_string(),
-            })?;
-        let who = format!("{peer} at {}", node.address);
+        let addr = node_address(&self.local.config, peer)?;
+        self.connect_at(peer, addr).await
+    }
+
+    /// Dials node `peer` at `addr` (one of its service endpoints), checks it is that
+    /// node of this cluster, and waits until it has admitted this node.
+    pub async fn connect_at(
+        &self,
+        peer: &str,
+        addr: SocketAddr,
+    ) -> Result<Connection, TransportError> {
+        node_address(&self.local.config, peer)?;
+        let who = format!("{peer} at {addr}");
         let server_name = identity::node_dns_name(&self.local.config.name, peer);
-        let span = info_span!("connect", peer, addr = %node.address);
+        let span = info_span!("connect", peer, %addr);
         let connecting = self
             .quic
-            .connect_with(self.client.clone(), node.address, &server_name)
+            .connect_with(self.client.clone(), addr, &server_name)
             .map_err(|source| TransportError::Connect {
                 peer: who.clone(),
                 source,
@@ -337,6 +365,16 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         self.acceptor.abort();
     }
+}
+
+/// The configured address of node `node`.
+fn node_address(config: &Config, node: &str) -> Result<SocketAddr, TransportError> {
+    Ok(config
+        .node(node)
+        .ok_or_else(|| TransportError::UnknownNode {
+            node: node.to_string(),
+        })?
+        .address)
 }
 
 fn transport_config(
@@ -429,7 +467,12 @@ async fn admit(incoming: quinn::Incoming, local: &Local) -> Result<Connection, T
             format!("node {name:?} is not in this node's cluster configuration"),
         ));
     };
-    if node.address != remote {
+    let same_place = if local.service {
+        node.address.ip() == remote.ip()
+    } else {
+        node.address == remote
+    };
+    if !same_place {
         return Err(refuse(
             who,
             format!(

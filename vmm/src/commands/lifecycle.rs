@@ -21,14 +21,17 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Args)]
 pub struct VmArgs {
     /// The VM's name.
-    name: String,
+    pub name: String,
     /// The volume holding the VM (default: whichever mounted volume has it).
     #[arg(long)]
-    volume: Option<String>,
+    pub volume: Option<String>,
     /// This node's root directory, as `csvfs node --root` (volumes at
     /// <root>/ClusterStorage, control sockets at <root>/run/csvfs).
     #[arg(long, default_value = "/")]
-    root: PathBuf,
+    pub root: PathBuf,
+    /// The cluster's configuration.
+    #[arg(long, default_value_os_t = crate::default_config())]
+    pub config: PathBuf,
 }
 
 #[derive(Args)]
@@ -70,42 +73,20 @@ fn launch(vm: &VmArgs, on: Option<&str>, restore: bool) -> Result<()> {
             r.pid
         );
     }
-    // The node mounts the volume under its own root: the VM process uses that path.
-    let node_dir = root.join("ClusterStorage").join(&volume).join(&vm.name);
-    let run_dir = control::run_dir(&root);
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let log = control::log_path(&run_dir, &vm.name);
-    let out =
-        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let mut cmd = Command::new(std::env::current_exe().context("cannot find the vmm executable")?);
-    cmd.arg("run")
-        .arg("--vm-dir")
-        .arg(&node_dir)
-        .args(["--node", &node])
-        .arg("--node-root")
-        .arg(&root)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .process_group(0);
-    if restore {
-        cmd.arg("--restore");
-    }
-    let mut child = cmd.spawn().context("cannot start the VM process")?;
+    let (mut child, run_dir, log) = spawn_vm_process(
+        vm,
+        &volume,
+        &node,
+        &root,
+        if restore { &["--restore"][..] } else { &[] },
+    )?;
     let socket = control::socket_path(&run_dir, &vm.name);
     let deadline = Instant::now() + START_LIMIT;
     loop {
         if let Some(status) = child.try_wait()? {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
             bail!(
                 "the VM process ended ({status}) before the VM ran: {}",
-                last.trim_start_matches("vmm: ")
+                last_log_line(&log)
             );
         }
         if let Ok(Response::Status { state, pid, .. }) =
@@ -142,6 +123,53 @@ fn launch(vm: &VmArgs, on: Option<&str>, restore: bool) -> Result<()> {
     Ok(())
 }
 
+/// Starts the VM process of `vm` on `node` (root `root`), detached, with `extra`
+/// arguments; returns it, the node's VM run directory and the process's log.
+pub fn spawn_vm_process(
+    vm: &VmArgs,
+    volume: &str,
+    node: &str,
+    root: &Path,
+    extra: &[&str],
+) -> Result<(std::process::Child, PathBuf, PathBuf)> {
+    // The node mounts the volume under its own root: the VM process uses that path.
+    let node_dir = root.join("ClusterStorage").join(volume).join(&vm.name);
+    let run_dir = control::run_dir(root);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let log = control::log_path(&run_dir, &vm.name);
+    let out =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new(std::env::current_exe().context("cannot find the vmm executable")?)
+        .arg("run")
+        .arg("--vm-dir")
+        .arg(&node_dir)
+        .args(["--node", node])
+        .arg("--node-root")
+        .arg(root)
+        .arg("--config")
+        .arg(&vm.config)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the VM process")?;
+    Ok((child, run_dir, log))
+}
+
+/// The last line a VM process wrote to its log (its error, when it failed).
+pub fn last_log_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    last.trim_start_matches("vmm: ").to_string()
+}
+
 /// The VM's node, control socket and run directory, found through where it says it
 /// runs.
 pub fn vm_socket(vm: &VmArgs) -> Result<(String, PathBuf, PathBuf)> {
@@ -150,7 +178,7 @@ pub fn vm_socket(vm: &VmArgs) -> Result<(String, PathBuf, PathBuf)> {
 }
 
 /// As [`vm_socket`], with the VM's directory.
-fn running_vm(vm: &VmArgs) -> Result<(String, PathBuf, PathBuf, PathBuf)> {
+pub fn running_vm(vm: &VmArgs) -> Result<(String, PathBuf, PathBuf, PathBuf)> {
     let (_, dir) = find_vm(&vm.root, &vm.name, vm.volume.as_deref())?;
     let Some(r) = lease::running(&dir) else {
         if saved::exists(&dir, &vm.name) {
@@ -177,7 +205,7 @@ fn running_vm(vm: &VmArgs) -> Result<(String, PathBuf, PathBuf, PathBuf)> {
 }
 
 /// Waits for the VM process to end (it answers before it lets the lease go).
-fn wait_ended(vm: &VmArgs, dir: &Path) -> Result<()> {
+pub fn wait_ended(vm: &VmArgs, dir: &Path) -> Result<()> {
     if !lease::VmLease::wait_released(dir, Duration::from_secs(60)) {
         bail!(
             "the process of VM {} did not end within 60 s after it stopped the VM",
@@ -187,7 +215,7 @@ fn wait_ended(vm: &VmArgs, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn call(socket: &Path, request: &Request) -> Result<Response> {
+pub fn call(socket: &Path, request: &Request) -> Result<Response> {
     let r = control::call(socket, request, Duration::from_secs(120))
         .with_context(|| format!("cannot reach the VM process at {}", socket.display()))?;
     if let Response::Error { message } = r {

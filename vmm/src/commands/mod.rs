@@ -7,4 +7,5 @@ pub mod disk;
 pub mod lifecycle;
 pub mod list;
 pub mod locate;
+pub mod migrate;
 pub mod run;

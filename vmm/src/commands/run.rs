@@ -21,6 +21,12 @@ pub struct RunArgs {
     /// Resume from the VM's save instead of booting.
     #[arg(long)]
     restore: bool,
+    /// Receive the VM by live migration from this node instead of booting.
+    #[arg(long)]
+    incoming_from: Option<String>,
+    /// The cluster's configuration.
+    #[arg(long, default_value_os_t = crate::default_config())]
+    config: PathBuf,
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -29,5 +35,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         node: a.node,
         node_root: a.node_root,
         restore: a.restore,
+        incoming_from: a.incoming_from,
+        cluster_config: a.config,
     })
 }

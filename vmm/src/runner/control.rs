@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::migration::source::{MigrateTo, Outcome, Progress};
+
 /// The run directory of VM processes under a node's root.
 pub fn run_dir(node_root: &Path) -> PathBuf {
     node_root.join("run/csvfs/vmm")
@@ -22,6 +24,11 @@ pub fn socket_path(run_dir: &Path, name: &str) -> PathBuf {
 /// The console log of VM `name`.
 pub fn console_path(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(format!("{name}.console"))
+}
+
+/// Where the VM process waiting for a migration of VM `name` says it listens.
+pub fn incoming_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.incoming"))
 }
 
 /// The VM process's own log (its errors) of VM `name`.
@@ -40,6 +47,10 @@ pub enum Request {
     /// Quick migration, first half: pause the VM, write its memory and state beside
     /// its disk, and end the process.
     Save,
+    /// Live migration to the VM process waiting on another node: answered by
+    /// `Progress` lines, then `Migrated` (the process ends) or `Error` (the VM goes
+    /// on here).
+    Migrate { to: MigrateTo },
 }
 
 /// What the guest reports (the test guest's status block).
@@ -52,7 +63,7 @@ pub struct GuestReport {
 }
 
 /// The answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub enum Response {
     Status {
@@ -72,9 +83,42 @@ pub enum Response {
         /// How long the VM had been paused when its state was on the volume.
         save_ms: u64,
     },
+    /// A pre-copy round of a migration.
+    Progress(Progress),
+    /// The migration is done: the VM runs on the destination.
+    Migrated(Outcome),
     Error {
         message: String,
     },
+}
+
+/// Sends one request to the VM process at `socket` and reads its answers, passing
+/// each `Progress` to `progress`, until the final one.
+pub fn call_streaming(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&Progress),
+) -> std::io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(request).map_err(std::io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        if reader.read_line(&mut answer)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the VM process closed its control socket without a final answer",
+            ));
+        }
+        match serde_json::from_str(&answer).map_err(std::io::Error::other)? {
+            Response::Progress(p) => progress(&p),
+            other => return Ok(other),
+        }
+    }
 }
 
 /// Sends one request to the VM process at `socket` and reads its answer.

@@ -16,6 +16,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::machine::memory::snapshot;
 use crate::machine::{Machine, RunState, state_codec};
+use crate::migration::destination::{Incoming, Listener};
+use crate::migration::source::{MigrateTo, Outcome, Progress, migrate_out};
 use crate::test_guest::TestGuestParams;
 use crate::vhd::VhdImage;
 use crate::vm_config::{Boot, VM_CONFIG_FILE, VmConfig};
@@ -34,6 +36,10 @@ pub struct RunOptions {
     pub node_root: PathBuf,
     /// Resume the VM from its save instead of booting it.
     pub restore: bool,
+    /// Receive the VM by live migration from this node instead of booting it.
+    pub incoming_from: Option<String>,
+    /// The cluster's configuration (for migration: nodes, certificates).
+    pub cluster_config: PathBuf,
 }
 
 /// How often the test guest writes a disk record and prints its progress.
@@ -48,16 +54,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
     std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
-    let lease = VmLease::take(&opts.vm_dir, &name, &opts.node)?;
     let disk_path = opts.vm_dir.join(&config.disk.file);
-    let disk = VhdImage::open_path(&disk_path, false)
-        .with_context(|| format!("cannot open the disk {}", disk_path.display()))?;
     let console_path = control::console_path(&run_dir, &name);
     let console = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&console_path)
         .with_context(|| format!("cannot open the console log {}", console_path.display()))?;
+    if let Some(from) = &opts.incoming_from {
+        return run_incoming(&opts, &config, from, &run_dir, Box::new(console));
+    }
+    let lease = VmLease::take(&opts.vm_dir, &name, &opts.node)?;
+    let disk = VhdImage::open_path(&disk_path, false)
+        .with_context(|| format!("cannot open the disk {}", disk_path.display()))?;
     let mut machine = if opts.restore {
         let (_, state, memory) = saved::read(&opts.vm_dir, &name)?;
         let state = state_codec::decode(&state)?;
@@ -88,11 +97,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
         m
     };
-    let socket = control::socket_path(&run_dir, &name);
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     machine.start()?;
     if opts.restore {
         saved::remove(&opts.vm_dir, &name);
@@ -103,7 +107,61 @@ pub fn run(opts: RunOptions) -> Result<()> {
         opts.node,
         std::process::id()
     );
-    let result = serve(&listener, &mut machine, &config, &opts);
+    serve_until_done(machine, Some(lease), &config, &opts, &run_dir)
+}
+
+/// The destination of a live migration: waits for the source, receives the VM,
+/// and serves it like any other.
+fn run_incoming(
+    opts: &RunOptions,
+    config: &VmConfig,
+    from: &str,
+    run_dir: &std::path::Path,
+    console: crate::devices::serial::ConsoleSink,
+) -> Result<()> {
+    let cluster = lockmgr::Config::load(&opts.cluster_config)?;
+    let listener = Listener::bind(&cluster, &opts.node)?;
+    let addr = listener.addr()?;
+    let addr_file = control::incoming_path(run_dir, &config.name);
+    std::fs::write(&addr_file, addr.to_string())
+        .with_context(|| format!("cannot write {}", addr_file.display()))?;
+    let disk = opts.vm_dir.join(&config.disk.file);
+    let incoming = Incoming {
+        vm: &config.name,
+        memory_bytes: config.memory_mib << 20,
+        vm_dir: &opts.vm_dir,
+        disk: &disk,
+        node: &opts.node,
+        from,
+    };
+    let received = listener.receive(&incoming, console);
+    let _ = std::fs::remove_file(&addr_file);
+    let (machine, lease) = received?;
+    eprintln!(
+        "vmm: VM {} migrated in from node {from}, running on node {} (process {})",
+        config.name,
+        opts.node,
+        std::process::id()
+    );
+    serve_until_done(machine, Some(lease), config, opts, run_dir)
+}
+
+/// Serves the control socket of the running `machine` until it is stopped, saved or
+/// migrated away; then stops it and lets the lease go.
+fn serve_until_done(
+    mut machine: Machine,
+    mut lease: Option<VmLease>,
+    config: &VmConfig,
+    opts: &RunOptions,
+    run_dir: &std::path::Path,
+) -> Result<()> {
+    let name = &config.name;
+    let socket = control::socket_path(run_dir, name);
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let result = serve(&listener, &mut machine, &mut lease, config, opts);
     let _ = std::fs::remove_file(&socket);
     machine.stop();
     let _ = machine.devices().blk.disk().flush();
@@ -116,6 +174,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
 fn serve(
     listener: &UnixListener,
     machine: &mut Machine,
+    lease: &mut Option<VmLease>,
     config: &VmConfig,
     opts: &RunOptions,
 ) -> Result<()> {
@@ -142,6 +201,15 @@ fn serve(
                     (error(format!("{e:#}")), false)
                 }
             },
+            Ok(Request::Migrate { to }) => {
+                match migrate(machine, lease, config, opts, &to, &stream) {
+                    Ok(outcome) => {
+                        machine.stop();
+                        (Response::Migrated(outcome), true)
+                    }
+                    Err(e) => (error(format!("{e:#}")), false),
+                }
+            }
             Err(message) => (error(message), false),
         };
         let _ = write_response(&stream, &response);
@@ -150,6 +218,36 @@ fn serve(
         }
     }
     Ok(())
+}
+
+fn migrate(
+    machine: &Machine,
+    lease: &mut Option<VmLease>,
+    config: &VmConfig,
+    opts: &RunOptions,
+    to: &MigrateTo,
+    stream: &UnixStream,
+) -> Result<Outcome> {
+    let cluster = lockmgr::Config::load(&opts.cluster_config)?;
+    let retake = || VmLease::take(&opts.vm_dir, &config.name, &opts.node).ok();
+    let mut progress = |p: &Progress| {
+        let _ = write_response(stream, &Response::Progress(*p));
+    };
+    let outcome = migrate_out(
+        machine,
+        lease,
+        &retake,
+        &cluster,
+        &opts.node,
+        &config.name,
+        to,
+        &mut progress,
+    )?;
+    eprintln!(
+        "vmm: VM {} migrated to node {}: downtime {} ms, {} rounds, {} bytes",
+        config.name, to.node, outcome.downtime_ms, outcome.rounds, outcome.bytes_sent
+    );
+    Ok(outcome)
 }
 
 fn save(machine: &mut Machine, config: &VmConfig, opts: &RunOptions) -> Result<Response> {

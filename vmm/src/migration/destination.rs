@@ -1,0 +1,161 @@
+//! The receiving side of a live migration: the VM process `vmm migrate` starts on
+//! the destination node with `--incoming-from`. It receives the memory into a buffer,
+//! builds the VM from the state once the source has paused and flushed the disk
+//! (the VHD is opened only then, so its block table is current), takes the VM lease
+//! when the source hands it over, and starts the VM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use lockmgr::{Config, Endpoint, FramedStream};
+
+use super::wire::{Message, PAGE};
+use super::{MigrationError, STEP_TIMEOUT, failed, prepare, recv, send};
+use crate::devices::serial::ConsoleSink;
+use crate::machine::{Machine, state_codec};
+use crate::runner::lease::VmLease;
+use crate::vhd::VhdImage;
+
+/// What the destination needs to build the VM.
+pub struct Incoming<'a> {
+    /// The VM's name and memory, from its vm.toml.
+    pub vm: &'a str,
+    pub memory_bytes: u64,
+    /// The VM's directory and disk, as this node mounts them.
+    pub vm_dir: &'a Path,
+    pub disk: &'a Path,
+    /// This node, and the node the VM comes from.
+    pub node: &'a str,
+    pub from: &'a str,
+}
+
+/// A migration endpoint waiting for the source.
+pub struct Listener {
+    rt: tokio::runtime::Runtime,
+    endpoint: Endpoint,
+}
+
+impl Listener {
+    /// Binds this node's migration endpoint.
+    pub fn bind(cluster: &Config, node: &str) -> Result<Listener, MigrationError> {
+        let rt = super::runtime().map_err(failed)?;
+        let endpoint = rt
+            .block_on(async { Endpoint::bind_service(cluster, node) })
+            .map_err(|e| failed(format!("cannot open a migration endpoint: {e}")))?;
+        Ok(Listener { rt, endpoint })
+    }
+
+    /// Where the source should dial.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Receives the VM and starts it; returns it running, with its lease.
+    pub fn receive(
+        self,
+        inc: &Incoming,
+        console: ConsoleSink,
+    ) -> Result<(Machine, VmLease), MigrationError> {
+        let Listener { rt, endpoint } = self;
+        let r = rt.block_on(async {
+            let conn = match tokio::time::timeout(STEP_TIMEOUT, endpoint.accept()).await {
+                Err(_) => {
+                    return Err(failed(format!(
+                        "node {} did not connect within {STEP_TIMEOUT:?}",
+                        inc.from
+                    )));
+                }
+                Ok(None) => return Err(failed("the migration endpoint closed")),
+                Ok(Some(Err(e))) => return Err(failed(format!("a connection was refused: {e}"))),
+                Ok(Some(Ok(c))) => c,
+            };
+            if conn.peer() != inc.from {
+                conn.close(1, "not the expected source node");
+                return Err(failed(format!(
+                    "node {} connected, not {}",
+                    conn.peer(),
+                    inc.from
+                )));
+            }
+            let mut stream = conn
+                .accept_stream()
+                .await
+                .map_err(|e| failed(format!("no stream from {}: {e}", inc.from)))?;
+            prepare(&mut stream);
+            let r = run(inc, console, &mut stream).await;
+            if let Err(e) = &r
+                && !matches!(e, MigrationError::PeerFailed(_))
+            {
+                let _ = send(&mut stream, &Message::Failed(e.to_string())).await;
+            }
+            let _ = stream.send.finish();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            r
+        });
+        endpoint.close();
+        r
+    }
+}
+
+async fn run(
+    inc: &Incoming<'_>,
+    console: ConsoleSink,
+    stream: &mut FramedStream,
+) -> Result<(Machine, VmLease), MigrationError> {
+    match recv(stream, "the source's hello").await? {
+        Message::Hello {
+            vm, memory_bytes, ..
+        } => {
+            if vm != inc.vm || memory_bytes != inc.memory_bytes {
+                return Err(failed(format!(
+                    "the source sends VM {vm} with {memory_bytes} bytes of memory; this is VM {} with {}",
+                    inc.vm, inc.memory_bytes
+                )));
+            }
+        }
+        other => {
+            return Err(failed(format!(
+                "the source began with {other:?}, not Hello"
+            )));
+        }
+    }
+    let mut memory = vec![0u8; inc.memory_bytes as usize];
+    let state = loop {
+        match recv(stream, "memory pages").await? {
+            Message::Pages(pages) => {
+                for (p, data) in pages {
+                    let at = p
+                        .checked_mul(PAGE as u64)
+                        .filter(|&a| a + PAGE as u64 <= inc.memory_bytes)
+                        .ok_or_else(|| failed(format!("page {p} is outside the VM's memory")))?
+                        as usize;
+                    match data {
+                        Some(d) => memory[at..at + PAGE].copy_from_slice(&d[..]),
+                        None => memory[at..at + PAGE].fill(0),
+                    }
+                }
+            }
+            Message::State(s) => break s,
+            other => return Err(failed(format!("the source sent {other:?} during the copy"))),
+        }
+    };
+    let state = state_codec::decode(&state).map_err(failed)?;
+    // The source has paused the VM and flushed the disk: open it now.
+    let disk = VhdImage::open_path(inc.disk, false)
+        .map_err(|e| failed(format!("cannot open the disk {}: {e}", inc.disk.display())))?;
+    let mut machine = Machine::restore(&state, &memory, console, disk).map_err(failed)?;
+    drop(memory);
+    send(stream, &Message::Ready).await?;
+    match recv(stream, "the VM lease").await? {
+        Message::LeaseReleased => {}
+        other => {
+            return Err(failed(format!(
+                "the source sent {other:?} instead of LeaseReleased"
+            )));
+        }
+    }
+    let lease = VmLease::take(inc.vm_dir, inc.vm, inc.node).map_err(failed)?;
+    machine.start().map_err(failed)?;
+    send(stream, &Message::Running).await?;
+    Ok((machine, lease))
+}
