@@ -6,6 +6,7 @@
 //! counter going on and every disk record in order; live migration (`vmm migrate`)
 //! moves it while it runs, there and back.
 
+use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,16 @@ fn a_vm_runs_on_one_node_and_moves_by_quick_migration() {
         ],
     );
     assert!(info.contains("\"size\":67108864"), "{info}");
+    let qemu = std::process::Command::new("qemu-img")
+        .args(["info", "-f", "vpc", "--output=json"])
+        .arg(m1.join("web1/web1.vhd"))
+        .output()
+        .expect("qemu-img (qemu-utils, installed by tools/setup-deps)");
+    let qemu = String::from_utf8_lossy(&qemu.stdout);
+    assert!(
+        qemu.contains("\"virtual-size\": 67108864"),
+        "qemu-img sizes the disk as asked: {qemu}"
+    );
 
     // Start on n1; the lease keeps n2 from starting it too.
     let _stop = StopVm { root: &r1 };
@@ -286,6 +297,16 @@ fn a_running_vm_live_migrates_there_and_back() {
             "counter went on: {before} then {after}"
         );
         assert_eq!(after["state"], "running", "{after}");
+        let running: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(m1.join("web1/running.json")).unwrap())
+                .unwrap();
+        assert_eq!(running["node"], to);
+        if let Some(pid) = before["pid"].as_u64() {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "the source's VM process {pid} has ended"
+            );
+        }
         let console = std::fs::read_to_string(
             c.nodes[if to == "n2" { 1 } else { 0 }]
                 .root
@@ -300,6 +321,45 @@ fn a_running_vm_live_migrates_there_and_back() {
         }
         before = after;
     }
+
+    // A destination that dies in the middle of the copy: the VM goes on on the source.
+    // A downtime limit of 1 ms keeps the source in pre-copy rounds (the guest always
+    // dirties something) until it gives up at its last round, well after the first.
+    let mut child = std::process::Command::new(&vmm)
+        .args([
+            "migrate",
+            "web1",
+            "--to",
+            "n2",
+            "--root",
+            &r1,
+            "--config",
+            &config,
+            "--downtime-ms",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("round  1:"), "{first}");
+    assert!(
+        kill_incoming(&c.nodes[1].root),
+        "the destination's VM process was found and killed"
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let failed = child.wait_with_output().unwrap();
+    assert!(!failed.status.success(), "{first}\n{}", rest.join("\n"));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains("migration of VM web1 to n2 failed"), "{err}");
+    let after = wait_row(&r1, "web1", "the guest to go on on n1", |r| {
+        r["node"] == "n1" && r["state"] == "running" && records(r) >= records(&before) + 3
+    });
+    assert!(counter(&after) > counter(&before));
+    before = after;
+
     run_ok(&vmm, &["stop", "web1", "--root", &r1]);
     let n = records_on_disk(&s, &m1);
     assert!(
@@ -308,9 +368,31 @@ fn a_running_vm_live_migrates_there_and_back() {
         records(&before)
     );
     println!(
-        "downtimes {downtimes:?} ms; {n} records on disk, in order, across two live migrations"
+        "downtimes {downtimes:?} ms; {n} records on disk, in order, across two live migrations and a failed one"
     );
     drop(c);
+}
+
+/// Kills the VM process that waits for web1 on the node with root `node_root` (the
+/// test started it, through `vmm migrate`). Returns whether it found it.
+fn kill_incoming(node_root: &Path) -> bool {
+    let needle = node_root.display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" run ") && cmd.contains("--incoming-from") && cmd.contains(&needle) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is the VM
+            // process this test started through vmm migrate.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+    }
+    false
 }
 
 /// Stops the VM if the test fails while it runs, so that the nodes can unmount.

@@ -238,3 +238,59 @@ fn a_saved_guest_goes_on_exactly_in_a_fresh_vm() {
         before.counter, before.records, last.counter, last.records
     );
 }
+
+/// The Linux boot path on real KVM, with a stand-in kernel (a stock kernel does not
+/// boot on nested KVM): a bzImage whose 64-bit entry point prints the zero page's
+/// boot flag (0xaa55, at %rsi + 0x1fe) and the first byte of the command line (through
+/// the zero page's cmd_line_ptr) on COM1, then halts.
+#[test]
+fn a_bzimage_64_bit_entry_runs_with_the_zero_page() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    // Setup: boot sector and one setup sector with the header; then the kernel.
+    let mut image = vec![0u8; 1024];
+    image[0x1f1] = 1;
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1;
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    let mut kernel = vec![0x90u8; 0x200]; // the 32-bit entry, unused: nops
+    kernel.extend_from_slice(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x8a, 0x86, 0xfe, 0x01, 0x00, 0x00, // mov al, [rsi + 0x1fe]
+        0xee, // out dx, al
+        0x8a, 0x86, 0xff, 0x01, 0x00, 0x00, // mov al, [rsi + 0x1ff]
+        0xee, // out dx, al
+        0x8b, 0x9e, 0x28, 0x02, 0x00, 0x00, // mov ebx, [rsi + 0x228] (cmd_line_ptr)
+        0x8a, 0x03, // mov al, [rbx]
+        0xee, // out dx, al
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp back to hlt
+    ]);
+    image.extend_from_slice(&kernel);
+    let path = dir.path().join("bzImage");
+    std::fs::write(&path, &image).unwrap();
+    let disk = dir.path().join("disk.vhd");
+    VhdImage::create_path(&disk, DiskType::Dynamic, 8 << 20).unwrap();
+    let console = Console::default();
+    let mut m = Machine::new(
+        MEMORY,
+        console.sink(),
+        VhdImage::open_path(&disk, false).unwrap(),
+    )
+    .unwrap();
+    m.load_linux(&path, None, "Zconsole=ttyS0").unwrap();
+    m.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while console.0.lock().unwrap().len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    m.stop();
+    assert_eq!(
+        *console.0.lock().unwrap(),
+        vec![0x55, 0xaa, b'Z'],
+        "vCPU {:?}",
+        m.run_state()
+    );
+}

@@ -9,6 +9,10 @@ use clap::Args;
 use vmm::vhd::VhdImage;
 use vmm::vm_config::{Boot, DiskConfig, DiskFormat, VM_CONFIG_FILE, VmConfig, check_vm_name};
 
+/// A Linux VM's kernel and initramfs, in its directory.
+const KERNEL_FILE: &str = "kernel";
+const INITRAMFS_FILE: &str = "initramfs";
+
 #[derive(Args)]
 pub struct CreateArgs {
     /// The VM's name (its directory on the volume).
@@ -24,7 +28,8 @@ pub struct CreateArgs {
     disk_size: String,
     #[arg(long, value_enum, default_value = "vhd-dynamic")]
     disk_format: DiskFormat,
-    /// Boot a Linux kernel (bzImage or vmlinux).
+    /// Boot a Linux kernel (bzImage or vmlinux), copied into the VM's directory (needs
+    /// hardware virtualisation: not verified on nested KVM).
     #[arg(long, conflicts_with = "test_guest")]
     kernel: Option<PathBuf>,
     /// The initramfs for --kernel.
@@ -79,10 +84,23 @@ pub fn run(a: CreateArgs) -> Result<()> {
     }
     let disk_size = parse_size(&a.disk_size)?;
     let dirty = parse_size(&a.dirty_rate)?;
+    // A kernel and initramfs are copied into the VM's directory, so that every node
+    // boots the same ones.
+    let copies: Vec<(PathBuf, &str)> = a
+        .kernel
+        .iter()
+        .map(|k| (k.clone(), KERNEL_FILE))
+        .chain(a.initramfs.iter().map(|i| (i.clone(), INITRAMFS_FILE)))
+        .collect();
+    for (from, _) in &copies {
+        if !from.is_file() {
+            bail!("{} is not a file", from.display());
+        }
+    }
     let boot = match a.kernel {
-        Some(kernel) => Boot::Linux {
-            kernel,
-            initramfs: a.initramfs,
+        Some(_) => Boot::Linux {
+            kernel: PathBuf::from(KERNEL_FILE),
+            initramfs: a.initramfs.as_ref().map(|_| PathBuf::from(INITRAMFS_FILE)),
             cmdline: a.cmdline,
         },
         None => Boot::TestGuest {
@@ -120,6 +138,11 @@ pub fn run(a: CreateArgs) -> Result<()> {
                 .with_context(|| {
                     format!("cannot create the disk {}", dir.join(&disk_file).display())
                 })?;
+        for (from, name) in &copies {
+            std::fs::copy(from, dir.join(name)).with_context(|| {
+                format!("cannot copy {} into {}", from.display(), dir.display())
+            })?;
+        }
         let path = dir.join(VM_CONFIG_FILE);
         std::fs::write(&path, vm.to_toml())
             .with_context(|| format!("cannot write {}", path.display()))?;

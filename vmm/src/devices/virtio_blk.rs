@@ -11,6 +11,7 @@ use std::fs::File;
 
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::Bytes;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::machine::memory::GuestRam;
 use crate::vhd::{SECTOR, VhdImage};
@@ -53,7 +54,9 @@ pub struct VirtioBlk {
     status: u32,
     interrupt_status: u32,
     queue: Queue,
-    /// Requests served and bytes moved, for status and tests.
+    /// Raised (through KVM's irqfd) when requests complete; polling guests ignore it.
+    interrupt: Option<EventFd>,
+    /// Requests served, for status and tests.
     pub requests: u64,
 }
 
@@ -68,6 +71,7 @@ impl VirtioBlk {
             status: 0,
             interrupt_status: 0,
             queue: Queue::new(QUEUE_SIZE_MAX).expect("256 is a valid queue size"),
+            interrupt: None,
             requests: 0,
         }
     }
@@ -84,6 +88,7 @@ impl VirtioBlk {
             status: state.status,
             interrupt_status: state.interrupt_status,
             queue,
+            interrupt: None,
             requests: 0,
         })
     }
@@ -98,6 +103,11 @@ impl VirtioBlk {
             interrupt_status: self.interrupt_status,
             queue: self.queue.state(),
         }
+    }
+
+    /// Signals `interrupt` when requests complete.
+    pub fn set_interrupt(&mut self, interrupt: EventFd) {
+        self.interrupt = Some(interrupt);
     }
 
     /// The disk.
@@ -205,6 +215,10 @@ impl VirtioBlk {
             self.requests += 1;
         }
         self.interrupt_status |= 1;
+        if let Some(irq) = &self.interrupt {
+            // A full eventfd counter still means "raised".
+            let _ = irq.write(1);
+        }
     }
 
     /// Executes one request; returns its status and the bytes written to the guest.

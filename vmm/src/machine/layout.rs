@@ -22,6 +22,8 @@ pub const DIRTY_BASE: u64 = 0x40_0000;
 /// The virtio-blk device's MMIO window.
 pub const VIRTIO_BLK_MMIO: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The virtio-blk device's interrupt line (GSI), raised when it completes requests.
+pub const VIRTIO_BLK_IRQ: u32 = 5;
 /// Guest memory must end below the MMIO hole.
 pub const MAX_MEMORY: u64 = 0xc000_0000;
 /// The smallest memory a VM may have: the layout above, and room to dirty.

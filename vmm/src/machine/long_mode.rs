@@ -82,11 +82,13 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs
 }
 
-/// General registers at entry: `rip`, the stack, and `rdi` (the first argument).
-pub fn entry_regs(rip: u64, rdi: u64) -> kvm_regs {
+/// General registers at entry: `rip`, the stack, `rdi` (the first argument of the
+/// test guest) and `rsi` (the zero page of a Linux kernel).
+pub fn entry_regs(rip: u64, rdi: u64, rsi: u64) -> kvm_regs {
     kvm_regs {
         rip,
         rdi,
+        rsi,
         rsp: STACK_TOP,
         rbp: STACK_TOP,
         rflags: 0x2,

@@ -8,6 +8,7 @@
 //! volume), the VM lease, the migration stream.
 
 pub mod layout;
+pub mod linux_boot;
 pub mod long_mode;
 pub mod memory;
 pub mod state_codec;
@@ -15,6 +16,7 @@ pub mod vcpu_state;
 mod vcpu_thread;
 
 use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,11 +32,12 @@ use crate::devices::serial::ConsoleSink;
 use crate::devices::{Devices, DevicesState};
 use crate::test_guest::{self, TestGuestParams, TestGuestStatus};
 use crate::vhd::VhdImage;
-use layout::{LOAD_ADDR, TEST_GUEST_PARAMS_ADDR, TSS_ADDR};
+use layout::{LOAD_ADDR, TEST_GUEST_PARAMS_ADDR, TSS_ADDR, VIRTIO_BLK_IRQ};
 use memory::{GuestRam, new_ram, ram_size};
 use vcpu_state::{VcpuState, supported_msrs};
 use vcpu_thread::RunControl;
 pub use vcpu_thread::RunState;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Why a VM could not be made, run, saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +131,12 @@ impl Machine {
             .map_err(k("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip().map_err(k("KVM_CREATE_IRQCHIP"))?;
         set_memory_slot(&vm, &ram, false)?;
+        let mut devices = devices;
+        let irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| MachineError::Config(format!("cannot make an eventfd: {e}")))?;
+        vm.register_irqfd(&irq, VIRTIO_BLK_IRQ)
+            .map_err(k("KVM_IRQFD"))?;
+        devices.blk.set_interrupt(irq);
         let vcpu = vm.create_vcpu(0).map_err(k("KVM_CREATE_VCPU"))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -158,19 +167,37 @@ impl Machine {
         self.ram
             .write_slice(&params.encode(size), GuestAddress(TEST_GUEST_PARAMS_ADDR))
             .map_err(bad)?;
-        self.enter_long_mode(LOAD_ADDR, TEST_GUEST_PARAMS_ADDR)
+        self.enter_long_mode(LOAD_ADDR, TEST_GUEST_PARAMS_ADDR, 0)
+    }
+
+    /// Loads a Linux kernel (bzImage or ELF vmlinux), its initramfs and command line
+    /// ([`linux_boot`]) and points the vCPU at its 64-bit entry.
+    pub fn load_linux(
+        &self,
+        kernel: &Path,
+        initramfs: Option<&Path>,
+        cmdline: &str,
+    ) -> Result<(), MachineError> {
+        let open = |p: &Path| {
+            File::open(p)
+                .map_err(|e| MachineError::Config(format!("cannot open {}: {e}", p.display())))
+        };
+        let mut k = open(kernel)?;
+        let mut initrd = initramfs.map(open).transpose()?;
+        let entry = linux_boot::load(&self.ram, &mut k, initrd.as_mut(), cmdline)?;
+        self.enter_long_mode(entry.rip, 0, entry.rsi)
     }
 
     /// Sets up the boot tables and the vCPU to start at `rip` in 64-bit mode with
-    /// `rdi` as its first argument.
-    pub fn enter_long_mode(&self, rip: u64, rdi: u64) -> Result<(), MachineError> {
+    /// `rdi` and `rsi` as its first two arguments.
+    pub fn enter_long_mode(&self, rip: u64, rdi: u64, rsi: u64) -> Result<(), MachineError> {
         let k = MachineError::kvm;
         long_mode::write_tables(&self.ram)?;
         let vcpu = self.vcpu.lock();
         let sregs = vcpu.get_sregs().map_err(k("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&long_mode::long_mode_sregs(sregs))
             .map_err(k("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&long_mode::entry_regs(rip, rdi))
+        vcpu.set_regs(&long_mode::entry_regs(rip, rdi, rsi))
             .map_err(k("KVM_SET_REGS"))?;
         vcpu.set_fpu(&long_mode::initial_fpu())
             .map_err(k("KVM_SET_FPU"))?;

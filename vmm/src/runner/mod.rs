@@ -91,9 +91,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
                 record_every_ms: TEST_GUEST_RECORD_MS,
                 print_every_ms: TEST_GUEST_PRINT_MS,
             })?,
-            Boot::Linux { .. } => bail!(
-                "VM {name} boots a Linux kernel, which this VMM does not load yet: only the bundled test guest runs"
-            ),
+            Boot::Linux {
+                kernel,
+                initramfs,
+                cmdline,
+            } => {
+                // Paths in vm.toml are relative to the VM's directory.
+                let initramfs = initramfs.as_ref().map(|i| opts.vm_dir.join(i));
+                m.load_linux(&opts.vm_dir.join(kernel), initramfs.as_deref(), cmdline)?
+            }
         }
         m
     };

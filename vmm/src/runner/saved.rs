@@ -56,13 +56,29 @@ pub fn write(dir: &Path, name: &str, state: &[u8], memory: &[u8], info: SaveInfo
         .open(&mem_path)
         .with_context(|| format!("cannot write {}", mem_path.display()))?;
     mem.set_len(memory.len() as u64)?;
+    // Runs of pages holding data, each in one write: a write per page would cost a
+    // round trip each through the mount.
     let mut written = 0u64;
-    for (i, page) in memory.chunks(PAGE).enumerate() {
-        if page.iter().any(|&b| b != 0) {
-            mem.write_all_at(page, (i * PAGE) as u64)
-                .with_context(|| format!("cannot write {}", mem_path.display()))?;
-            written += page.len() as u64;
+    let zero = |p: usize| {
+        memory[p * PAGE..((p + 1) * PAGE).min(memory.len())]
+            .iter()
+            .all(|&b| b == 0)
+    };
+    let pages = memory.len().div_ceil(PAGE);
+    let mut p = 0;
+    while p < pages {
+        if zero(p) {
+            p += 1;
+            continue;
         }
+        let start = p;
+        while p < pages && !zero(p) && p - start < 1024 {
+            p += 1;
+        }
+        let run = &memory[start * PAGE..(p * PAGE).min(memory.len())];
+        mem.write_all_at(run, (start * PAGE) as u64)
+            .with_context(|| format!("cannot write {}", mem_path.display()))?;
+        written += run.len() as u64;
     }
     mem.sync_all()?;
     let json = serde_json::to_string(&info).expect("plain data serialises");
