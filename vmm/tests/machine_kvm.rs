@@ -99,19 +99,25 @@ fn records_on(disk: &Path) -> Vec<(u64, u64, u64)> {
     out
 }
 
-#[test]
-fn the_test_guest_runs_on_kvm() {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = dir.path().join("guest.vhd");
+/// A VM of [`MEMORY`] with a fresh 16 MiB dynamic VHD in `dir`: (disk, console, VM).
+fn new_vm(dir: &Path) -> (std::path::PathBuf, Console, Machine) {
+    let disk = dir.join("guest.vhd");
     VhdImage::create_path(&disk, DiskType::Dynamic, 16 << 20).unwrap();
     let console = Console::default();
-    let mut m = Machine::new(
+    let m = Machine::new(
         MEMORY,
         console.sink(),
         VhdImage::open_path(&disk, false).unwrap(),
     )
     .unwrap();
+    (disk, console, m)
+}
+
+#[test]
+fn the_test_guest_runs_on_kvm() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (disk, console, mut m) = new_vm(dir.path());
     m.load_test_guest(&params()).unwrap();
     m.start().unwrap();
     let s = wait_for(&m, &console, "5 records and a progress line", |s| {
@@ -271,15 +277,7 @@ fn a_bzimage_64_bit_entry_runs_with_the_zero_page() {
     image.extend_from_slice(&kernel);
     let path = dir.path().join("bzImage");
     std::fs::write(&path, &image).unwrap();
-    let disk = dir.path().join("disk.vhd");
-    VhdImage::create_path(&disk, DiskType::Dynamic, 8 << 20).unwrap();
-    let console = Console::default();
-    let mut m = Machine::new(
-        MEMORY,
-        console.sink(),
-        VhdImage::open_path(&disk, false).unwrap(),
-    )
-    .unwrap();
+    let (_, console, mut m) = new_vm(dir.path());
     m.load_linux(&path, None, "Zconsole=ttyS0").unwrap();
     m.start().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
