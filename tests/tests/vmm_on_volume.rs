@@ -373,6 +373,121 @@ fn a_running_vm_live_migrates_there_and_back() {
     drop(c);
 }
 
+/// Done-when 4 of the VMM issue: a 256 MiB test guest dirtying 64 MiB/s moves back
+/// and forth between two nodes sharing a tgtd LUN (CSVFS_VMM_MIGRATIONS times: 4 in
+/// CI, 20 in tools/longcheck); each time the memory hashes match at the switch-over,
+/// the guest goes on, and the source's process ends; every disk record is there.
+#[test]
+fn a_busy_guest_migrates_back_and_forth_on_a_tgtd_lun() {
+    require_root_and_fuse();
+    require_kvm();
+    let migrations = csvfs_tests::env_number("CSVFS_VMM_MIGRATIONS", 4);
+    let s = Scratch::new();
+    let (_tgtd, c) = Cluster::on_tgtd(&s, 2, "Volume1", 1 << 30);
+    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
+    c.wait_for_followers(&[0, 1], coord, LIMIT);
+    let m1 = c.nodes[0].wait_mounted("Volume1", LIMIT);
+    c.nodes[1].wait_mounted("Volume1", LIMIT);
+    let config = c.config.display().to_string();
+    let roots = [
+        c.nodes[0].root.display().to_string(),
+        c.nodes[1].root.display().to_string(),
+    ];
+    let vmm = bin("vmm");
+    run_ok(
+        &vmm,
+        &[
+            "create",
+            "web1",
+            "--volume",
+            "Volume1",
+            "--config",
+            &config,
+            "--root",
+            &roots[0],
+            "--memory",
+            "256M",
+            "--disk-size",
+            "64M",
+            "--dirty-rate",
+            "64M",
+        ],
+    );
+    let _stop = StopVm { root: &roots[0] };
+    run_ok(
+        &vmm,
+        &["start", "web1", "--root", &roots[0], "--config", &config],
+    );
+    let mut before = wait_row(&roots[0], "web1", "the guest to write records", |r| {
+        records(r) >= 3
+    });
+    let mut on = 0;
+    let mut downtimes = Vec::new();
+    for i in 0..migrations {
+        let to = 1 - on;
+        let to_name = format!("n{}", to + 1);
+        let out = run_ok(
+            &vmm,
+            &[
+                "migrate",
+                "web1",
+                "--to",
+                &to_name,
+                "--root",
+                &roots[on],
+                "--config",
+                &config,
+                "--verify-memory",
+            ],
+        );
+        let last = out.lines().last().unwrap();
+        assert!(
+            last.starts_with(&format!("migrated VM web1 from n{} to {to_name}", on + 1)),
+            "migration {i}: {out}"
+        );
+        assert!(
+            out.contains("memory hash (blake3) at the switch-over, equal on both sides: "),
+            "{out}"
+        );
+        downtimes.push(
+            last["migrated VM web1 from n1 to n2: downtime ".len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+        let after = wait_row(
+            &roots[0],
+            "web1",
+            "the guest to go on after the move",
+            |r| r["node"] == to_name.as_str() && records(r) >= records(&before) + 2,
+        );
+        assert!(
+            counter(&after) > counter(&before),
+            "migration {i}: counter went on: {before} then {after}"
+        );
+        if let Some(pid) = before["pid"].as_u64() {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "the source's VM process {pid} has ended"
+            );
+        }
+        before = after;
+        on = to;
+    }
+    run_ok(&vmm, &["stop", "web1", "--root", &roots[0]]);
+    let n = records_on_disk(&s, &m1);
+    assert!(
+        n >= records(&before),
+        "{n} records on disk, the guest had written {}",
+        records(&before)
+    );
+    println!(
+        "{migrations} migrations of a 256 MiB guest dirtying 64 MiB/s, downtimes {downtimes:?} ms; {n} records in order"
+    );
+    drop(c);
+}
+
 /// Kills the VM process that waits for web1 on the node with root `node_root` (the
 /// test started it, through `vmm migrate`). Returns whether it found it.
 fn kill_incoming(node_root: &Path) -> bool {

@@ -27,6 +27,7 @@ fn main() {
         ),
         ("pages", Message::Pages(vec![(1, Some(page)), (2, None)])),
         ("state", Message::State(vec![0x43, 0x53, 0x56])),
+        ("verify", Message::Verify([0x5a; 32])),
         ("ready", Message::Ready),
         ("lease-released", Message::LeaseReleased),
         ("running", Message::Running),

@@ -24,6 +24,10 @@ pub struct MigrateArgs {
     /// The longest pause of the guest allowed at the hand-over, in milliseconds.
     #[arg(long, default_value_t = 300)]
     downtime_ms: u64,
+    /// Hash all of the guest's memory on both sides at the switch-over and refuse
+    /// the move if they differ (adds the time of two hashes to the downtime).
+    #[arg(long)]
+    verify_memory: bool,
 }
 
 pub fn run(a: MigrateArgs) -> Result<()> {
@@ -71,6 +75,7 @@ pub fn run(a: MigrateArgs) -> Result<()> {
             node: a.to.clone(),
             addr,
             downtime_ms: a.downtime_ms,
+            verify_memory: a.verify_memory,
         },
     };
     let answer = control::call_streaming(&socket, &request, Duration::from_secs(120), &mut show)
@@ -90,6 +95,15 @@ pub fn run(a: MigrateArgs) -> Result<()> {
                 }
             }
             let _ = child.try_wait();
+            if o.throttle_percent > 0 {
+                println!(
+                    "auto-converge: the rounds did not converge; the vCPU was throttled up to {}%",
+                    o.throttle_percent
+                );
+            }
+            if let Some(hash) = &o.memory_hash {
+                println!("memory hash (blake3) at the switch-over, equal on both sides: {hash}");
+            }
             println!(
                 "migrated VM {} from {from} to {}: downtime {} ms, total {} ms, {} rounds, {} bytes ({} pages)",
                 vm.name, a.to, o.downtime_ms, o.total_ms, o.rounds, o.bytes_sent, o.pages_sent
@@ -111,8 +125,13 @@ pub fn run(a: MigrateArgs) -> Result<()> {
 }
 
 fn print_progress(p: &Progress, tty: bool) {
+    let throttle = if p.throttle_percent > 0 {
+        format!(", throttled {}%", p.throttle_percent)
+    } else {
+        String::new()
+    };
     let line = format!(
-        "round {:>2}: {:>6} pages, dirty {:>8.0} pages/s, {:>6.1} MiB sent, {:>7.1} MiB/s, next {:>6.1} MiB ~{} ms, {:.1} s",
+        "round {:>2}: {:>6} pages, dirty {:>8.0} pages/s, {:>6.1} MiB sent, {:>7.1} MiB/s, next {:>6.1} MiB ~{} ms, {:.1} s{throttle}",
         p.round,
         p.pages,
         p.dirty_pages_per_s,

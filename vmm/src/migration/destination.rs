@@ -120,8 +120,10 @@ async fn run(
         }
     }
     let mut memory = vec![0u8; inc.memory_bytes as usize];
+    let mut expected_hash = None;
     let state = loop {
         match recv(stream, "memory pages").await? {
+            Message::Verify(hash) => expected_hash = Some(hash),
             Message::Pages(pages) => {
                 for (p, data) in pages {
                     let at = p
@@ -139,6 +141,16 @@ async fn run(
             other => return Err(failed(format!("the source sent {other:?} during the copy"))),
         }
     };
+    if let Some(expected) = expected_hash {
+        let have = blake3::hash(&memory);
+        if have.as_bytes() != &expected {
+            return Err(failed(format!(
+                "the memory received hashes to {}, the source's to {}",
+                have.to_hex(),
+                blake3::Hash::from_bytes(expected).to_hex()
+            )));
+        }
+    }
     let state = state_codec::decode(&state).map_err(failed)?;
     // The source has paused the VM and flushed the disk: open it now.
     let disk = VhdImage::open_path(inc.disk, false)

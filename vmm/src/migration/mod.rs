@@ -5,13 +5,15 @@
 //! The source sends every page, then in rounds the pages dirtied meanwhile (KVM's
 //! dirty log, and the VMM's own writes to guest memory from vm-memory's bitmap,
 //! which KVM does not log; zero pages as markers), until the estimated downtime fits
-//! the limit. Then it pauses the VM, sends the last pages and the vCPU and device
+//! the limit, slowing the guest down (auto-converge) when rounds do not converge.
+//! Then it pauses the VM, sends the last pages and the vCPU and device
 //! state, flushes the disk, and once the destination has the VM built, hands the
 //! VM lease over; the destination takes it and resumes the VM. Until the lease is
 //! handed over any failure leaves the VM running on the source.
 
 pub mod destination;
 pub mod source;
+pub mod throttle;
 pub mod wire;
 
 use std::time::Duration;

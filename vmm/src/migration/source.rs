@@ -8,14 +8,19 @@ use lockmgr::{Config, Endpoint, FramedStream};
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::throttle::Throttle;
 use super::wire::{MAX_PAGES_PER_MESSAGE, Message, PAGE};
 use super::{MigrationError, failed, prepare, recv, send};
-use crate::machine::memory::{ram_size, take_vmm_dirty};
+use crate::machine::memory::{ram_size, snapshot, take_vmm_dirty};
 use crate::machine::{Machine, state_codec};
 use crate::runner::lease::VmLease;
 
 /// Rounds after which the source stops waiting for the dirty set to shrink.
 const MAX_ROUNDS: u32 = 30;
+/// Auto-converge: the throttle rises by this much after each round that does not
+/// converge, up to the most.
+const THROTTLE_STEP: u32 = 20;
+const MAX_THROTTLE: u32 = 95;
 
 /// Where to send the VM, and the downtime allowed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +28,10 @@ pub struct MigrateTo {
     pub node: String,
     pub addr: SocketAddr,
     pub downtime_ms: u64,
+    /// Hash all of memory while paused and have the destination check it (costs
+    /// downtime: a hash of the whole memory on each side).
+    #[serde(default)]
+    pub verify_memory: bool,
 }
 
 /// One round's figures, for the progress bar.
@@ -41,10 +50,13 @@ pub struct Progress {
     pub remaining_bytes: u64,
     pub estimated_ms: u64,
     pub elapsed_ms: u64,
+    /// Auto-converge: the share of time the vCPU is held paused, in percent.
+    #[serde(default)]
+    pub throttle_percent: u32,
 }
 
 /// What a finished migration did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// From the pause on the source to the VM running on the destination.
     pub downtime_ms: u64,
@@ -53,6 +65,13 @@ pub struct Outcome {
     pub rounds: u32,
     pub bytes_sent: u64,
     pub pages_sent: u64,
+    /// Auto-converge: the most the vCPU was throttled, in percent (0: not at all).
+    #[serde(default)]
+    pub throttle_percent: u32,
+    /// The blake3 hash of memory at the switch-over, equal on both sides, when the
+    /// migration was asked to verify it.
+    #[serde(default)]
+    pub memory_hash: Option<String>,
 }
 
 /// Sends the VM of `machine` (running) to `to`. `lease` is the VM's lease, handed
@@ -73,38 +92,57 @@ pub fn migrate_out(
     let endpoint = rt
         .block_on(async { Endpoint::bind_service(cluster, node) })
         .map_err(|e| failed(format!("cannot open a migration endpoint: {e}")))?;
-    let result = rt.block_on(async {
-        let conn = endpoint
-            .connect_at(&to.node, to.addr)
-            .await
-            .map_err(|e| failed(format!("cannot reach node {} at {}: {e}", to.node, to.addr)))?;
-        let mut stream = conn
-            .open_stream()
-            .await
-            .map_err(|e| failed(format!("cannot open a stream to {}: {e}", to.node)))?;
-        prepare(&mut stream);
-        let r = run(machine, lease, retake, vm, to, progress, &mut stream).await;
-        if let Err(e) = &r {
-            let _ = send(&mut stream, &Message::Failed(e.to_string())).await;
-        }
-        let _ = stream.send.finish();
-        // Let the last message go before the endpoint closes.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let result = std::thread::scope(|scope| {
+        let mut throttle = Throttle::start(scope, machine);
+        let r = rt.block_on(async {
+            let conn = endpoint.connect_at(&to.node, to.addr).await.map_err(|e| {
+                failed(format!("cannot reach node {} at {}: {e}", to.node, to.addr))
+            })?;
+            let mut stream = conn
+                .open_stream()
+                .await
+                .map_err(|e| failed(format!("cannot open a stream to {}: {e}", to.node)))?;
+            prepare(&mut stream);
+            let mut sending = Sending {
+                machine,
+                lease,
+                retake,
+                to,
+                progress,
+                throttle: &mut throttle,
+            };
+            let r = run(&mut sending, vm, &mut stream).await;
+            if let Err(e) = &r {
+                let _ = send(&mut stream, &Message::Failed(e.to_string())).await;
+            }
+            let _ = stream.send.finish();
+            // Let the last message go before the endpoint closes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            r
+        });
+        throttle.finish();
         r
     });
     endpoint.close();
     result
 }
 
+/// What the sending side works with.
+struct Sending<'a, 's> {
+    machine: &'a Machine,
+    lease: &'a mut Option<VmLease>,
+    retake: &'a dyn Fn() -> Option<VmLease>,
+    to: &'a MigrateTo,
+    progress: &'a mut dyn FnMut(&Progress),
+    throttle: &'a mut Throttle<'s>,
+}
+
 async fn run(
-    machine: &Machine,
-    lease: &mut Option<VmLease>,
-    retake: &dyn Fn() -> Option<VmLease>,
+    s: &mut Sending<'_, '_>,
     vm: &str,
-    to: &MigrateTo,
-    progress: &mut dyn FnMut(&Progress),
     stream: &mut FramedStream,
 ) -> Result<Outcome, MigrationError> {
+    let (machine, to) = (s.machine, s.to);
     let start = Instant::now();
     let memory_bytes = ram_size(machine.ram());
     let pages = memory_bytes / PAGE as u64;
@@ -118,26 +156,23 @@ async fn run(
     )
     .await?;
     machine.log_dirty_pages(true).map_err(failed)?;
-    let r = precopy_and_hand_over(machine, lease, retake, to, progress, stream, pages, start).await;
+    let r = precopy_and_hand_over(s, stream, pages, start).await;
+    s.throttle.finish();
     let _ = machine.log_dirty_pages(false);
-    if r.is_err() && lease.is_some() {
+    if r.is_err() && s.lease.is_some() {
         // Not handed over: the VM goes on here.
         let _ = machine.resume();
     }
     r
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn precopy_and_hand_over(
-    machine: &Machine,
-    lease: &mut Option<VmLease>,
-    retake: &dyn Fn() -> Option<VmLease>,
-    to: &MigrateTo,
-    progress: &mut dyn FnMut(&Progress),
+    s: &mut Sending<'_, '_>,
     stream: &mut FramedStream,
     pages: u64,
     start: Instant,
 ) -> Result<Outcome, MigrationError> {
+    let (machine, to, retake) = (s.machine, s.to, s.retake);
     // Start the logs afresh, then send everything once: pages of zeros need not go,
     // the destination's memory starts zeroed.
     machine.take_guest_dirty().map_err(failed)?;
@@ -147,6 +182,7 @@ async fn precopy_and_hand_over(
     let mut round = 0u32;
     let mut todo: Vec<u64> = (0..pages).collect();
     let mut skip_zero = true;
+    let mut max_throttle = 0u32;
     loop {
         round += 1;
         let t = Instant::now();
@@ -159,7 +195,7 @@ async fn precopy_and_hand_over(
         let bandwidth = (bytes as f64 / secs).max(1.0);
         let remaining_bytes = todo.len() as u64 * PAGE as u64;
         let estimated_ms = (remaining_bytes as f64 / bandwidth * 1000.0) as u64;
-        progress(&Progress {
+        (s.progress)(&Progress {
             round,
             pages: n,
             bytes_sent,
@@ -168,11 +204,20 @@ async fn precopy_and_hand_over(
             remaining_bytes,
             estimated_ms,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            throttle_percent: s.throttle.share(),
         });
         if estimated_ms <= to.downtime_ms || round >= MAX_ROUNDS {
             break;
         }
+        // Auto-converge: a round that leaves more than half of what it sent dirty
+        // again is not converging; hold the vCPU back more.
+        if round >= 2 && remaining_bytes * 2 > bytes {
+            let share = (s.throttle.share() + THROTTLE_STEP).min(MAX_THROTTLE);
+            max_throttle = max_throttle.max(share);
+            s.throttle.set(share);
+        }
     }
+    s.throttle.finish();
 
     // Stop and copy: the last pages, the state, the disk flushed.
     machine.pause().map_err(failed)?;
@@ -185,6 +230,13 @@ async fn precopy_and_hand_over(
     round += 1;
     bytes_sent += bytes;
     pages_sent += n;
+    let memory_hash = if to.verify_memory {
+        let hash = blake3::hash(&snapshot(machine.ram()));
+        send(stream, &Message::Verify(*hash.as_bytes())).await?;
+        Some(hash.to_hex().to_string())
+    } else {
+        None
+    };
     let state = state_codec::encode(&machine.save().map_err(failed)?);
     bytes_sent += state.len() as u64;
     send(stream, &Message::State(state)).await?;
@@ -204,7 +256,7 @@ async fn precopy_and_hand_over(
     }
 
     // The hand-over.
-    drop(lease.take());
+    drop(s.lease.take());
     let handed = async {
         send(stream, &Message::LeaseReleased).await?;
         match recv(stream, "the VM to run on the destination").await? {
@@ -218,7 +270,7 @@ async fn precopy_and_hand_over(
     if let Err(e) = handed {
         return match retake() {
             Some(l) => {
-                *lease = Some(l);
+                *s.lease = Some(l);
                 Err(failed(format!("{e}; the VM goes on on the source")))
             }
             None => Err(failed(format!(
@@ -227,7 +279,7 @@ async fn precopy_and_hand_over(
             ))),
         };
     }
-    progress(&Progress {
+    (s.progress)(&Progress {
         round,
         pages: n,
         bytes_sent,
@@ -236,6 +288,7 @@ async fn precopy_and_hand_over(
         remaining_bytes: 0,
         estimated_ms: 0,
         elapsed_ms: start.elapsed().as_millis() as u64,
+        throttle_percent: 0,
     });
     Ok(Outcome {
         downtime_ms: paused.elapsed().as_millis() as u64,
@@ -243,6 +296,8 @@ async fn precopy_and_hand_over(
         rounds: round,
         bytes_sent,
         pages_sent,
+        throttle_percent: max_throttle,
+        memory_hash,
     })
 }
 

@@ -4,9 +4,9 @@
 //! refuses bad input with an error saying what is wrong and never panics (a fuzz
 //! target holds it to that).
 //!
-//! Source to destination: `Hello`, any number of `Pages`, `State`, then (once the
-//! destination said `Ready`) `LeaseReleased`. Destination to source: `Ready`, then
-//! `Running`, or `Failed` at any point.
+//! Source to destination: `Hello`, any number of `Pages`, `Verify` if asked, `State`,
+//! then (once the destination said `Ready`) `LeaseReleased`. Destination to source:
+//! `Ready`, then `Running`, or `Failed` at any point.
 
 /// A guest page.
 pub const PAGE: usize = 4096;
@@ -30,6 +30,9 @@ pub enum Message {
     Pages(Vec<(u64, Option<Box<[u8; PAGE]>>)>),
     /// The paused VM's vCPU and device state ([`crate::machine::state_codec`]).
     State(Vec<u8>),
+    /// The blake3 hash of all of the paused VM's memory, sent before `State` when
+    /// the source was asked to verify: the destination compares it with what it has.
+    Verify([u8; 32]),
     /// The destination has the VM built and ready to start.
     Ready,
     /// The source has let the VM lease go: the destination may take it and run.
@@ -52,6 +55,7 @@ const T_READY: u8 = 4;
 const T_LEASE_RELEASED: u8 = 5;
 const T_RUNNING: u8 = 6;
 const T_FAILED: u8 = 7;
+const T_VERIFY: u8 = 8;
 
 impl Message {
     /// The message as one frame's bytes.
@@ -86,6 +90,10 @@ impl Message {
             Message::State(bytes) => {
                 out.push(T_STATE);
                 out.extend_from_slice(bytes);
+            }
+            Message::Verify(hash) => {
+                out.push(T_VERIFY);
+                out.extend_from_slice(hash);
             }
             Message::Ready => out.push(T_READY),
             Message::LeaseReleased => out.push(T_LEASE_RELEASED),
@@ -140,6 +148,9 @@ impl Message {
             T_STATE => {
                 let all = r.take(rest.len(), "the state")?;
                 Message::State(all.to_vec())
+            }
+            T_VERIFY => {
+                Message::Verify(r.take(32, "the memory hash")?.try_into().expect("32 bytes"))
             }
             T_READY => Message::Ready,
             T_LEASE_RELEASED => Message::LeaseReleased,
@@ -234,6 +245,7 @@ mod tests {
             },
             Message::Pages(vec![(3, Some(page)), (9, None)]),
             Message::State(vec![1, 2, 3]),
+            Message::Verify([9; 32]),
             Message::Ready,
             Message::LeaseReleased,
             Message::Running,

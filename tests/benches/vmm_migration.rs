@@ -1,0 +1,202 @@
+//! Benchmark of moving a running VM between two `csvfs node`s on 127.0.0.1 that share
+//! an image-file LUN: live migration (`vmm migrate`, a 300 ms downtime limit) of the
+//! bundled test guest at several dirty rates, ROUNDS moves each, alternating between
+//! the nodes, and quick migration (`vmm save`, then `vmm restore --on` the other node).
+//! Prints a Markdown table of medians for docs/benchmarks.md.
+//!
+//! Run it with tools/bench-vmm (it builds the binaries first). ROUNDS (default 5),
+//! MEMORY_MB (default 256), RATES_MB (dirty MiB/s, default "0,16,64").
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use csvfs_tests::cluster::Cluster;
+use csvfs_tests::{Scratch, bin, env_number, median, run_ok};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The number before `unit` in `line` (" rounds" in "..., 4 rounds, ..." → 4).
+fn number_before(line: &str, unit: &str) -> f64 {
+    let at = line
+        .find(unit)
+        .unwrap_or_else(|| panic!("{unit:?} in {line}"));
+    line[..at]
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(',')
+        .parse()
+        .unwrap()
+}
+
+/// The number after `key` in `line` ("downtime " in "downtime 123 ms" → 123).
+fn number_after(line: &str, key: &str) -> f64 {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key:?} in {line}"))
+        + key.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("a number after {key:?} in {line}"))
+}
+
+/// Waits until `vm` runs on `node` and its guest has written `records` more records.
+fn wait_running(root: &str, vm: &str, node: &str, records: u64) -> u64 {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let json = run_ok(&bin("vmm"), &["list", "--json", "--root", root]);
+        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == vm)
+            .unwrap()
+            .clone();
+        let have = row["guest"]["records"].as_u64().unwrap_or(0);
+        if row["node"] == node && row["state"] == "running" && have >= records {
+            return have;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{vm} not running on {node}: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn main() {
+    let rounds = env_number("ROUNDS", 5);
+    let memory = env_number("MEMORY_MB", 256);
+    let rates: Vec<u64> = std::env::var("RATES_MB")
+        .unwrap_or_else(|_| "0,16,64".into())
+        .split(',')
+        .map(|r| {
+            r.trim()
+                .parse()
+                .expect("RATES_MB: numbers separated by commas")
+        })
+        .collect();
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the benchmark runs VMs: it needs /dev/kvm"
+    );
+    let s = Scratch::new();
+    let lun = s.path("lun.img");
+    let c = Cluster::start(&s.path("cluster"), 2, "Volume1", &lun.display().to_string());
+    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
+    c.wait_for_followers(&[0, 1], coord, LIMIT);
+    for n in &c.nodes {
+        n.wait_mounted("Volume1", LIMIT);
+    }
+    let config = c.config.display().to_string();
+    let roots = [
+        c.nodes[0].root.display().to_string(),
+        c.nodes[1].root.display().to_string(),
+    ];
+    let vmm = bin("vmm");
+    println!(
+        "| dirty rate | live: downtime | live: total | live: rounds | live: MiB sent | quick: downtime |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for rate in rates {
+        let vm = format!("bench{rate}");
+        let mem = format!("{memory}M");
+        let dirty = format!("{rate}M");
+        run_ok(
+            &vmm,
+            &[
+                "create",
+                &vm,
+                "--volume",
+                "Volume1",
+                "--config",
+                &config,
+                "--root",
+                &roots[0],
+                "--memory",
+                &mem,
+                "--disk-size",
+                "64M",
+                "--dirty-rate",
+                &dirty,
+            ],
+        );
+        run_ok(
+            &vmm,
+            &["start", &vm, "--root", &roots[0], "--config", &config],
+        );
+        let mut records = wait_running(&roots[0], &vm, "n1", 3);
+        let (mut down, mut total, mut rnds, mut mib) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut on = 0;
+        for _ in 0..rounds {
+            let to = 1 - on;
+            let out = run_ok(
+                &vmm,
+                &[
+                    "migrate",
+                    &vm,
+                    "--to",
+                    &format!("n{}", to + 1),
+                    "--root",
+                    &roots[on],
+                    "--config",
+                    &config,
+                    "--downtime-ms",
+                    "300",
+                ],
+            );
+            let last = out.lines().last().unwrap();
+            down.push(number_after(last, "downtime "));
+            total.push(number_after(last, "total "));
+            rnds.push(number_before(last, " rounds"));
+            mib.push(number_before(last, " bytes") / (1 << 20) as f64);
+            on = to;
+            records = wait_running(&roots[0], &vm, &format!("n{}", on + 1), records + 3);
+        }
+        // Quick migration: save, restore on the other node.
+        let mut quick = Vec::new();
+        for _ in 0..rounds.min(3) {
+            let to = 1 - on;
+            run_ok(
+                &vmm,
+                &["save", &vm, "--root", &roots[on], "--config", &config],
+            );
+            let out = run_ok(
+                &vmm,
+                &[
+                    "restore",
+                    &vm,
+                    "--on",
+                    &format!("n{}", to + 1),
+                    "--root",
+                    &roots[on],
+                    "--config",
+                    &config,
+                ],
+            );
+            quick.push(number_after(&out, "downtime "));
+            on = to;
+            records = wait_running(&roots[0], &vm, &format!("n{}", on + 1), records + 3);
+        }
+        run_ok(
+            &vmm,
+            &["stop", &vm, "--root", &roots[0], "--config", &config],
+        );
+        println!(
+            "| {rate} MiB/s | {:.0} ms | {:.0} ms | {:.0} | {:.1} | {:.0} ms |",
+            median(down),
+            median(total),
+            median(rnds),
+            median(mib),
+            median(quick)
+        );
+    }
+    drop(c);
+}
