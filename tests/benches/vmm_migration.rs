@@ -11,53 +11,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
+use csvfs_tests::vmm::{MigrationReport, create_test_vm, number_after, vm_row};
 use csvfs_tests::{Scratch, bin, env_number, median, run_ok};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The number before `unit` in `line` (" rounds" in "..., 4 rounds, ..." → 4).
-fn number_before(line: &str, unit: &str) -> f64 {
-    let at = line
-        .find(unit)
-        .unwrap_or_else(|| panic!("{unit:?} in {line}"));
-    line[..at]
-        .trim_end()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches(',')
-        .parse()
-        .unwrap()
-}
-
-/// The number after `key` in `line` ("downtime " in "downtime 123 ms" → 123).
-fn number_after(line: &str, key: &str) -> f64 {
-    let at = line
-        .find(key)
-        .unwrap_or_else(|| panic!("{key:?} in {line}"))
-        + key.len();
-    let digits: String = line[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("a number after {key:?} in {line}"))
-}
 
 /// Waits until `vm` runs on `node` and its guest has written `records` more records.
 fn wait_running(root: &str, vm: &str, node: &str, records: u64) -> u64 {
     let deadline = Instant::now() + LIMIT;
     loop {
-        let json = run_ok(&bin("vmm"), &["list", "--json", "--root", root]);
-        let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let row = rows
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == vm)
-            .unwrap()
-            .clone();
+        let row = vm_row(root, vm);
         let have = row["guest"]["records"].as_u64().unwrap_or(0);
         if row["node"] == node && row["state"] == "running" && have >= records {
             return have;
@@ -108,25 +71,7 @@ fn main() {
         let vm = format!("bench{rate}");
         let mem = format!("{memory}M");
         let dirty = format!("{rate}M");
-        run_ok(
-            &vmm,
-            &[
-                "create",
-                &vm,
-                "--volume",
-                "Volume1",
-                "--config",
-                &config,
-                "--root",
-                &roots[0],
-                "--memory",
-                &mem,
-                "--disk-size",
-                "64M",
-                "--dirty-rate",
-                &dirty,
-            ],
-        );
+        create_test_vm(&config, &roots[0], &vm, &mem, &dirty);
         run_ok(
             &vmm,
             &["start", &vm, "--root", &roots[0], "--config", &config],
@@ -152,11 +97,11 @@ fn main() {
                     "300",
                 ],
             );
-            let last = out.lines().last().unwrap();
-            down.push(number_after(last, "downtime "));
-            total.push(number_after(last, "total "));
-            rnds.push(number_before(last, " rounds"));
-            mib.push(number_before(last, " bytes") / (1 << 20) as f64);
+            let r = MigrationReport::parse(&out);
+            down.push(r.downtime_ms);
+            total.push(r.total_ms);
+            rnds.push(r.rounds);
+            mib.push(r.bytes / (1 << 20) as f64);
             on = to;
             records = wait_running(&roots[0], &vm, &format!("n{}", on + 1), records + 3);
         }

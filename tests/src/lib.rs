@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod netns;
 pub mod tcp_cut;
 pub mod tgtd;
+pub mod vmm;
 
 pub use tgtd::require_tgtd;
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
+use csvfs_tests::vmm::{MigrationReport, create_test_vm, vm_row};
 use csvfs_tests::{Scratch, bin, require_root_and_fuse, run, run_ok};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -20,18 +21,6 @@ fn require_kvm() {
         Path::new("/dev/kvm").exists(),
         "this test runs VMs and needs /dev/kvm (load kvm_intel or kvm_amd)"
     );
-}
-
-/// `vmm list --json` from the node with root `root`: the row of `vm`.
-fn vm_row(root: &str, vm: &str) -> serde_json::Value {
-    let json = run_ok(&bin("vmm"), &["list", "--json", "--root", root]);
-    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == vm)
-        .unwrap_or_else(|| panic!("{vm} not in vmm list: {json}"))
-        .clone()
 }
 
 /// Waits until `vm`'s row satisfies `done`.
@@ -214,26 +203,7 @@ fn cluster_with_vm(
     let config = c.config.display().to_string();
     let r1 = c.nodes[0].root.display().to_string();
     let r2 = c.nodes[1].root.display().to_string();
-    let out = run_ok(
-        &bin("vmm"),
-        &[
-            "create",
-            "web1",
-            "--volume",
-            "Volume1",
-            "--config",
-            &config,
-            "--root",
-            &r1,
-            "--memory",
-            "64M",
-            "--disk-size",
-            "64M",
-            "--dirty-rate",
-            dirty_rate,
-        ],
-    );
-    assert!(out.contains("created VM web1"), "{out}");
+    create_test_vm(&config, &r1, "web1", "64M", dirty_rate);
     (s, c, [m1, m2], [r1, r2], config)
 }
 
@@ -273,22 +243,10 @@ fn a_running_vm_live_migrates_there_and_back() {
             "{out}"
         );
         assert!(out.contains("round  1:"), "progress shown: {out}");
-        let field = |name: &str| -> u64 {
-            let at = last
-                .find(name)
-                .unwrap_or_else(|| panic!("{name} in {last}"));
-            last[..at]
-                .trim_end()
-                .rsplit(' ')
-                .next()
-                .unwrap()
-                .trim_end_matches(',')
-                .parse()
-                .unwrap()
-        };
-        downtimes.push(field(" ms, total"));
-        assert!(field(" rounds") >= 2, "{last}");
-        assert!(field(" bytes") > 1 << 20, "{last}");
+        let report = MigrationReport::parse(&out);
+        downtimes.push(report.downtime_ms);
+        assert!(report.rounds >= 2.0, "{last}");
+        assert!(report.bytes > (1 << 20) as f64, "{last}");
         let after = wait_row(&r1, "web1", "the guest to go on after the move", |r| {
             r["node"] == to && records(r) >= records(&before) + 3
         });
@@ -394,25 +352,7 @@ fn a_busy_guest_migrates_back_and_forth_on_a_tgtd_lun() {
         c.nodes[1].root.display().to_string(),
     ];
     let vmm = bin("vmm");
-    run_ok(
-        &vmm,
-        &[
-            "create",
-            "web1",
-            "--volume",
-            "Volume1",
-            "--config",
-            &config,
-            "--root",
-            &roots[0],
-            "--memory",
-            "256M",
-            "--disk-size",
-            "64M",
-            "--dirty-rate",
-            "64M",
-        ],
-    );
+    create_test_vm(&config, &roots[0], "web1", "256M", "64M");
     let _stop = StopVm { root: &roots[0] };
     run_ok(
         &vmm,
@@ -449,13 +389,7 @@ fn a_busy_guest_migrates_back_and_forth_on_a_tgtd_lun() {
             out.contains("memory hash (blake3) at the switch-over, equal on both sides: "),
             "{out}"
         );
-        downtimes.push(
-            last["migrated VM web1 from n1 to n2: downtime ".len()..]
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_string(),
-        );
+        downtimes.push(MigrationReport::parse(&out).downtime_ms);
         let after = wait_row(
             &roots[0],
             "web1",
