@@ -1,5 +1,5 @@
 //! Benchmark of moving a running VM between two `csvfs node`s on 127.0.0.1 that share
-//! an image-file LUN: live migration (`vmm migrate`, a 300 ms downtime limit) of the
+//! a tgtd LUN: live migration (`vmm migrate`, a 300 ms downtime limit) of the
 //! bundled test guest at several dirty rates, ROUNDS moves each, alternating between
 //! the nodes, and quick migration (`vmm save`, then `vmm restore --on` the other node).
 //! Prints a Markdown table of medians for docs/benchmarks.md.
@@ -50,8 +50,8 @@ fn main() {
         "the benchmark runs VMs: it needs /dev/kvm"
     );
     let s = Scratch::new();
-    let lun = s.path("lun.img");
-    let c = Cluster::start(&s.path("cluster"), 2, "Volume1", &lun.display().to_string());
+    // Room for every VM's disk and a saved memory image at once.
+    let (_tgtd, c) = Cluster::on_tgtd(&s, 2, "Volume1", (memory << 20) * 2 + (1 << 30));
     let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
     c.wait_for_followers(&[0, 1], coord, LIMIT);
     for n in &c.nodes {

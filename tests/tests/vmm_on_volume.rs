@@ -334,7 +334,8 @@ fn a_running_vm_live_migrates_there_and_back() {
 /// Done-when 4 of the VMM issue: a 256 MiB test guest dirtying 64 MiB/s moves back
 /// and forth between two nodes sharing a tgtd LUN (CSVFS_VMM_MIGRATIONS times: 4 in
 /// CI, 20 in tools/longcheck); each time the memory hashes match at the switch-over,
-/// the guest goes on, and the source's process ends; every disk record is there.
+/// the guest goes on, and the source's process ends; then a move whose rounds do not
+/// converge is throttled and says so; every disk record is there.
 #[test]
 fn a_busy_guest_migrates_back_and_forth_on_a_tgtd_lun() {
     require_root_and_fuse();
@@ -409,6 +410,39 @@ fn a_busy_guest_migrates_back_and_forth_on_a_tgtd_lun() {
         before = after;
         on = to;
     }
+    // Rounds that do not converge (a limit of 0 ms while the guest dirties 64 MiB/s):
+    // the vCPU is throttled until they do (or 30 rounds have run), and the report
+    // says so.
+    let to = 1 - on;
+    let out = run_ok(
+        &vmm,
+        &[
+            "migrate",
+            "web1",
+            "--to",
+            &format!("n{}", to + 1),
+            "--root",
+            &roots[on],
+            "--config",
+            &config,
+            "--downtime-ms",
+            "0",
+        ],
+    );
+    assert!(
+        out.contains("auto-converge: the rounds did not converge; the vCPU was throttled up to "),
+        "{out}"
+    );
+    let report = MigrationReport::parse(&out);
+    assert!((3.0..=31.0).contains(&report.rounds), "{out}");
+    println!("{}", out.lines().rev().nth(1).unwrap_or_default());
+    wait_row(
+        &roots[0],
+        "web1",
+        "the guest to go on after the throttled move",
+        |r| r["node"] == format!("n{}", to + 1).as_str() && records(r) >= records(&before) + 2,
+    );
+
     run_ok(&vmm, &["stop", "web1", "--root", &roots[0]]);
     let n = records_on_disk(&s, &m1);
     assert!(

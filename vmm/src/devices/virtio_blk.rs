@@ -105,6 +105,11 @@ impl VirtioBlk {
         }
     }
 
+    /// Takes the interrupt away (to give it to the device that replaces this one).
+    pub fn take_interrupt(&mut self) -> Option<EventFd> {
+        self.interrupt.take()
+    }
+
     /// Signals `interrupt` when requests complete.
     pub fn set_interrupt(&mut self, interrupt: EventFd) {
         self.interrupt = Some(interrupt);

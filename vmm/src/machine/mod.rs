@@ -112,14 +112,44 @@ impl Machine {
         m.ram
             .write_slice(memory, GuestAddress(0))
             .map_err(|e| MachineError::Config(format!("cannot fill guest memory: {e}")))?;
-        state.vcpu.apply(&m.vcpu.lock())?;
+        m.apply_state(state)?;
+        Ok(m)
+    }
+
+    /// Puts a VM made with [`Machine::new`] (never started, its memory already
+    /// filled, as a live migration's destination does while the pages arrive) into
+    /// the state `state`, with `devices` in place of the ones it was made with.
+    pub fn restore_state(&self, state: &SavedState, devices: Devices) -> Result<(), MachineError> {
+        if self.run_state() != RunState::Created {
+            return Err(MachineError::State(self.run_state()));
+        }
+        if ram_size(&self.ram) != state.memory_bytes {
+            return Err(MachineError::Config(format!(
+                "a state of a VM of {} bytes for one of {}",
+                state.memory_bytes,
+                ram_size(&self.ram)
+            )));
+        }
+        let mut devices = devices;
+        {
+            let mut old = self.devices.lock();
+            if let Some(irq) = old.blk.take_interrupt() {
+                devices.blk.set_interrupt(irq);
+            }
+            *old = devices;
+        }
+        self.apply_state(state)
+    }
+
+    fn apply_state(&self, state: &SavedState) -> Result<(), MachineError> {
+        state.vcpu.apply(&self.vcpu.lock())?;
         let clock = kvm_clock_data {
             clock: state.clock.clock,
             ..Default::default()
         };
-        m.vm.set_clock(&clock)
-            .map_err(MachineError::kvm("KVM_SET_CLOCK"))?;
-        Ok(m)
+        self.vm
+            .set_clock(&clock)
+            .map_err(MachineError::kvm("KVM_SET_CLOCK"))
     }
 
     fn build(memory_bytes: u64, devices: Devices) -> Result<Machine, MachineError> {

@@ -1,8 +1,9 @@
 //! The receiving side of a live migration: the VM process `vmm migrate` starts on
-//! the destination node with `--incoming-from`. It receives the memory into a buffer,
-//! builds the VM from the state once the source has paused and flushed the disk
-//! (the VHD is opened only then, so its block table is current), takes the VM lease
-//! when the source hands it over, and starts the VM.
+//! the destination node with `--incoming-from`. It builds the VM when the source says
+//! hello and writes the pages straight into its memory as they arrive; once the
+//! source has paused the VM and flushed the disk, it opens the VHD (only then, so its
+//! block table is current), puts the state and devices in, takes the VM lease when
+//! the source hands it over, and starts the VM.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,10 +12,13 @@ use lockmgr::{Config, Endpoint, FramedStream};
 
 use super::wire::{Message, PAGE};
 use super::{MigrationError, STEP_TIMEOUT, failed, prepare, recv, send};
+use crate::devices::Devices;
 use crate::devices::serial::ConsoleSink;
+use crate::machine::memory::snapshot;
 use crate::machine::{Machine, state_codec};
 use crate::runner::lease::VmLease;
 use crate::vhd::VhdImage;
+use vm_memory::{Bytes, GuestAddress};
 
 /// What the destination needs to build the VM.
 pub struct Incoming<'a> {
@@ -119,7 +123,16 @@ async fn run(
             )));
         }
     }
-    let mut memory = vec![0u8; inc.memory_bytes as usize];
+    // The VM is built now, and the pages go straight into its memory as they come:
+    // at the switch-over only the state and the devices remain to be put in. Its
+    // disk until then is a read-only view; the real one is opened once the source
+    // has paused and flushed (a dynamic VHD's block table changes while the guest
+    // runs).
+    let early_disk = VhdImage::open_path(inc.disk, true)
+        .map_err(|e| failed(format!("cannot open the disk {}: {e}", inc.disk.display())))?;
+    let mut machine =
+        Machine::new(inc.memory_bytes, Box::new(std::io::sink()), early_disk).map_err(failed)?;
+    let zeros = [0u8; PAGE];
     let mut expected_hash = None;
     let state = loop {
         match recv(stream, "memory pages").await? {
@@ -129,20 +142,25 @@ async fn run(
                     let at = p
                         .checked_mul(PAGE as u64)
                         .filter(|&a| a + PAGE as u64 <= inc.memory_bytes)
-                        .ok_or_else(|| failed(format!("page {p} is outside the VM's memory")))?
-                        as usize;
-                    match data {
-                        Some(d) => memory[at..at + PAGE].copy_from_slice(&d[..]),
-                        None => memory[at..at + PAGE].fill(0),
-                    }
+                        .ok_or_else(|| failed(format!("page {p} is outside the VM's memory")))?;
+                    let bytes: &[u8] = match &data {
+                        Some(d) => &d[..],
+                        None => &zeros,
+                    };
+                    machine
+                        .ram()
+                        .write_slice(bytes, GuestAddress(at))
+                        .map_err(|e| failed(format!("cannot write guest page {p}: {e}")))?;
                 }
             }
             Message::State(s) => break s,
-            other => return Err(failed(format!("the source sent {other:?} during the copy"))),
+            other => {
+                return Err(failed(format!("the source sent {other:?} during the copy")));
+            }
         }
     };
     if let Some(expected) = expected_hash {
-        let have = blake3::hash(&memory);
+        let have = blake3::hash(&snapshot(machine.ram()));
         if have.as_bytes() != &expected {
             return Err(failed(format!(
                 "the memory received hashes to {}, the source's to {}",
@@ -152,11 +170,10 @@ async fn run(
         }
     }
     let state = state_codec::decode(&state).map_err(failed)?;
-    // The source has paused the VM and flushed the disk: open it now.
     let disk = VhdImage::open_path(inc.disk, false)
         .map_err(|e| failed(format!("cannot open the disk {}: {e}", inc.disk.display())))?;
-    let mut machine = Machine::restore(&state, &memory, console, disk).map_err(failed)?;
-    drop(memory);
+    let devices = Devices::from_state(&state.devices, console, disk).map_err(failed)?;
+    machine.restore_state(&state, devices).map_err(failed)?;
     send(stream, &Message::Ready).await?;
     match recv(stream, "the VM lease").await? {
         Message::LeaseReleased => {}

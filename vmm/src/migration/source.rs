@@ -21,6 +21,9 @@ const MAX_ROUNDS: u32 = 30;
 /// converge, up to the most.
 const THROTTLE_STEP: u32 = 20;
 const MAX_THROTTLE: u32 = 95;
+/// Auto-converge: from this round on, any round that does not bring the estimate
+/// under the limit raises the throttle.
+const THROTTLE_AFTER_ROUNDS: u32 = 5;
 
 /// Where to send the VM, and the downtime allowed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,8 +213,9 @@ async fn precopy_and_hand_over(
             break;
         }
         // Auto-converge: a round that leaves more than half of what it sent dirty
-        // again is not converging; hold the vCPU back more.
-        if round >= 2 && remaining_bytes * 2 > bytes {
+        // again is not converging, nor is a fifth round whose estimate still exceeds
+        // the limit; hold the vCPU back more.
+        if round >= 2 && (remaining_bytes * 2 > bytes || round >= THROTTLE_AFTER_ROUNDS) {
             let share = (s.throttle.share() + THROTTLE_STEP).min(MAX_THROTTLE);
             max_throttle = max_throttle.max(share);
             s.throttle.set(share);
