@@ -5,7 +5,8 @@
 //! Prints a Markdown table of medians for docs/benchmarks.md.
 //!
 //! Run it with tools/bench-vmm (it builds the binaries first). ROUNDS (default 5),
-//! MEMORY_MB (default 256), RATES_MB (dirty MiB/s, default "0,16,64").
+//! MEMORY_MB (default 256), RATES_MB (dirty MiB/s, default "0,16,64"), DOWNTIME_MS
+//! (the live migrations' limit, default 300).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ fn wait_running(root: &str, vm: &str, node: &str, records: u64) -> u64 {
 
 fn main() {
     let rounds = env_number("ROUNDS", 5);
+    let limit = env_number("DOWNTIME_MS", 300).to_string();
     let memory = env_number("MEMORY_MB", 256);
     let rates: Vec<u64> = std::env::var("RATES_MB")
         .unwrap_or_else(|_| "0,16,64".into())
@@ -94,7 +96,7 @@ fn main() {
                     "--config",
                     &config,
                     "--downtime-ms",
-                    "300",
+                    &limit,
                 ],
             );
             let r = MigrationReport::parse(&out);
