@@ -123,18 +123,6 @@ pub fn call_streaming(
 
 /// Sends one request to the VM process at `socket` and reads its answer.
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    let mut line = serde_json::to_string(request).map_err(std::io::Error::other)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    if answer.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the VM process closed its control socket without answering",
-        ));
-    }
-    serde_json::from_str(&answer).map_err(std::io::Error::other)
+    // Only a migration answers with progress first; any other answer is the final one.
+    call_streaming(socket, request, timeout, &mut |_| {})
 }
