@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use blockdev::LunUrl;
+use blockdev::{BlockDevice, LunUrl};
 use lockmgr::shell::{LunDisk, Shell};
 use lockmgr::{Config, control};
 use metadata::Superblock;
+use redirect_io::PathMonitor;
+use redirect_io::cluster::VolumeRoute;
 use tracing::info;
 
 use crate::cluster::{self, ClusterVolume};
@@ -55,6 +57,16 @@ pub fn node_lun(lun: &str, cluster: &str, node: &str) -> Result<String> {
     }
 }
 
+/// A volume's LUN on this node: its direct path, the device the node uses (direct
+/// or redirected through a peer), and the way redirected I/O goes.
+struct OpenVolume {
+    label: String,
+    direct: Arc<dyn BlockDevice>,
+    path: Arc<PathMonitor>,
+    route: Arc<VolumeRoute>,
+    disk: Arc<LunDisk>,
+}
+
 /// Opens a volume's LUN for node `node` and finds its cluster region.
 fn open_volume(
     config: &Config,
@@ -62,11 +74,12 @@ fn open_volume(
     lun: &str,
     node: &str,
     id: u8,
-) -> Result<Arc<LunDisk>> {
+    rt: tokio::runtime::Handle,
+) -> Result<OpenVolume> {
     let url = node_lun(lun, &config.name, node)?;
-    let dev = blockdev::open_lun(&url, false)
+    let direct: Arc<dyn BlockDevice> = blockdev::open_lun(&url, false)
         .with_context(|| format!("volume {label}: cannot open its LUN {lun}"))?;
-    let (sb, _) = Superblock::read(dev.as_ref()).with_context(|| {
+    let (sb, _) = Superblock::read(direct.as_ref()).with_context(|| {
         format!("volume {label}: {lun} holds no csvfs volume (run `csvctl volume create`)")
     })?;
     if sb.label != label {
@@ -76,7 +89,16 @@ fn open_volume(
             config.path.display()
         );
     }
-    Ok(Arc::new(LunDisk::new(dev, sb.cluster.byte_offset(), id)))
+    let route = VolumeRoute::new(label);
+    let path = redirect_io::cluster::monitored_device(label, direct.clone(), route.clone(), rt);
+    let dev: Arc<dyn BlockDevice> = path.clone();
+    Ok(OpenVolume {
+        label: label.to_string(),
+        direct,
+        path,
+        route,
+        disk: Arc::new(LunDisk::new(dev, sb.cluster.byte_offset(), id)),
+    })
 }
 
 /// Runs the node until SIGTERM or SIGINT.
@@ -103,31 +125,42 @@ pub fn run(req: NodeRequest) -> Result<()> {
         .join("var/lib/csvfs")
         .join(&config.name)
         .join(&me.name);
-    let mut volumes = Vec::new();
-    for v in &config.volumes {
-        volumes.push((
-            v.label.clone(),
-            open_volume(&config, &v.label, &v.lun, &me.name, me.id)?,
-        ));
-    }
-    let disks = volumes.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut opened = Vec::new();
+    for v in &config.volumes {
+        opened.push(open_volume(
+            &config,
+            &v.label,
+            &v.lun,
+            &me.name,
+            me.id,
+            runtime.handle().clone(),
+        )?);
+    }
+    let volumes = opened
+        .iter()
+        .map(|v| (v.label.clone(), v.disk.clone()))
+        .collect();
     runtime.block_on(async {
         let shell = Arc::new(Shell::start(&config, &me.name, volumes, &state_dir).await?);
+        for v in &opened {
+            v.route.attach(shell.clone());
+            redirect_io::cluster::serve_volume(&shell, &v.label, v.direct.clone());
+        }
         let socket = control::socket_path(&run_dir, &me.name);
         control::serve(shell.clone(), &socket)
             .with_context(|| format!("control socket {}", socket.display()))?;
         let mut mounts = Vec::new();
-        for (label, disk) in &disks {
-            let dev = disk.device().clone();
-            let vol = ClusterVolume::start(shell.clone(), label, dev.clone())?;
+        for v in &opened {
+            let dev: Arc<dyn BlockDevice> = v.path.clone();
+            let vol = ClusterVolume::start(shell.clone(), &v.label, dev.clone())?;
             let source = dev.name().to_string();
-            let mounted = cluster::mount::mount(vol, dev, &req.root, &source);
+            let mounted = cluster::mount::mount(vol, dev, v.path.clone(), &req.root, &source);
             match mounted {
-                Ok(m) => mounts.push((label.clone(), m)),
+                Ok(m) => mounts.push((v.label.clone(), m)),
                 Err(e) => {
                     unmount_all(mounts).await;
                     remove_socket(&socket);

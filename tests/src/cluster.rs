@@ -56,6 +56,46 @@ impl Cluster {
         (t, c)
     }
 
+    /// A tgtd in `lab`'s target namespace serving a fresh 256 MiB image in `s`, and a
+    /// cluster of one node per node namespace of `lab` (`nodes` of them) sharing it as
+    /// volume `label`; `query` is added to the LUN's URL (after the initiator name).
+    pub fn in_netlab(
+        lab: &crate::netns::NetLab,
+        nodes: usize,
+        s: &Scratch,
+        label: &str,
+        query: &str,
+    ) -> (Tgtd, Cluster) {
+        let img = s.path("lun.img");
+        blockdev::FileDevice::create_image(&img, 256 << 20).expect("LUN image");
+        let t = Tgtd::start(
+            &img,
+            TgtdOptions {
+                netns: Some(lab.target()),
+                address: crate::netns::TARGET_ADDR,
+                ..TgtdOptions::default()
+            },
+        );
+        let placements: Vec<Placement> = (1..=nodes)
+            .map(|i| Placement {
+                address: std::net::SocketAddr::from((lab.cluster_addr(i), 7001)),
+                netns: Some(lab.node(i)),
+            })
+            .collect();
+        let url = format!(
+            "{}?initiator=iqn.2026-11.io.csvfs.test:mkfs{query}",
+            t.url()
+        );
+        let c = Cluster::start_placed(
+            &s.path("cluster"),
+            &placements,
+            label,
+            &url,
+            Some(&lab.target()),
+        );
+        (t, c)
+    }
+
     /// Makes a cluster of `n` nodes in `dir` with volume `label` on `lun` (formatted
     /// here, as `lun` is given to mkfs: an image file is made 256 MiB), and starts
     /// every node.

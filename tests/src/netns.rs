@@ -113,6 +113,13 @@ impl NetLab {
         ip(&["-n", &self.switch(), "link", "set", &format!("c{i}"), state]);
     }
 
+    /// Pulls (`false`) or plugs back (`true`) node `i`'s storage network cable: its
+    /// path to the target.
+    pub fn storage_link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.switch(), "link", "set", &format!("s{i}"), state]);
+    }
+
     /// Runs `f` on a thread inside namespace `ns`: sockets it opens live there.
     pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{ns}");

@@ -8,15 +8,13 @@
 //! key) and only then grants the lease to another node; when the cable is back the
 //! cut-off node rejoins with a new incarnation.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use blockdev::BlockDevice;
 use blockdev::iscsi::{IscsiDevice, IscsiUrl};
-use blockdev::{BlockDevice, FileDevice};
 use csvfs_tests::Scratch;
-use csvfs_tests::cluster::{Cluster, Placement};
-use csvfs_tests::netns::{NetLab, TARGET_ADDR};
-use csvfs_tests::tgtd::{Tgtd, TgtdOptions};
+use csvfs_tests::cluster::Cluster;
+use csvfs_tests::netns::NetLab;
 use lockmgr::control::{Request, Response};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -42,30 +40,7 @@ fn acquire(c: &Cluster, node: usize, resource: &str) -> lockmgr::control::Client
 fn a_node_cut_off_from_its_peers_loses_its_lease_only_once_fenced_and_rejoins() {
     let lab = NetLab::new(3);
     let s = Scratch::new();
-    let img = s.path("lun.img");
-    FileDevice::create_image(&img, 256 << 20).unwrap();
-    let t = Tgtd::start(
-        &img,
-        TgtdOptions {
-            netns: Some(lab.target()),
-            address: TARGET_ADDR,
-            ..TgtdOptions::default()
-        },
-    );
-    let placements: Vec<Placement> = (1..=3)
-        .map(|i| Placement {
-            address: SocketAddr::from((lab.cluster_addr(i), 7001)),
-            netns: Some(lab.node(i)),
-        })
-        .collect();
-    let mkfs_url = format!("{}?initiator=iqn.2026-11.io.csvfs.test:mkfs", t.url());
-    let c = Cluster::start_placed(
-        &s.path("cluster"),
-        &placements,
-        "Volume1",
-        &mkfs_url,
-        Some(&lab.target()),
-    );
+    let (t, c) = Cluster::in_netlab(&lab, 3, &s, "Volume1", "");
     let (coord, first) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
     let others: Vec<usize> = (0..3).filter(|&i| i != coord).collect();
     let (cut, other) = (others[0], others[1]);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use blockdev::BlockDevice;
+use redirect_io::PathMonitor;
 
 use super::ClusterVolume;
 use crate::fuse_fs::CsvFs;
@@ -47,6 +48,7 @@ fn clear_dead_mount(mp: &Path) -> Result<()> {
 pub fn mount(
     vol: Arc<ClusterVolume>,
     dev: Arc<dyn BlockDevice>,
+    path: Arc<PathMonitor>,
     root: &Path,
     source: &str,
 ) -> Result<fuser::BackgroundSession> {
@@ -72,7 +74,7 @@ pub fn mount(
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
     let fs = CsvFs::new(Meta::new(vol.clone()), dev, false, true).with_locks(vol.clone());
-    vol.report_io(fs.data_counters());
+    vol.report_io(path);
     let session = fuser::Session::new(fs, &mp, &config).map_err(|e| {
         anyhow::anyhow!(
             "cannot mount volume {} on {}: {e}",

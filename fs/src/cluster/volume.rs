@@ -23,10 +23,10 @@ use lockmgr::shell::{IoReport, Shell, VolumeHandle};
 use lockmgr::transport::FramedStream;
 use metadata::{MetaError, MetaResult, OpenOptions, Volume};
 use parking_lot::RwLock;
+use redirect_io::PathMonitor;
 use tracing::{info, warn};
 
 use super::wire::{MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome};
-use crate::data::DataCounters;
 use crate::locks::{Done, RangeLocks};
 use crate::meta::{MetaCall, MetaReply, MetaService, local};
 use fuser::Errno;
@@ -107,9 +107,9 @@ impl ClusterVolume {
         Ok(v)
     }
 
-    /// Reports this volume's I/O in the node's status: `data`, the bytes its mount
-    /// moved on the LUN, and the metadata calls.
-    pub fn report_io(self: &Arc<Self>, data: Arc<DataCounters>) {
+    /// Reports this volume's I/O in the node's status: `path`, how the node reaches
+    /// the LUN and the bytes it moved each way, and the metadata calls.
+    pub fn report_io(self: &Arc<Self>, path: Arc<PathMonitor>) {
         let me = Arc::downgrade(self);
         self.shell.reporters().set(
             &self.label,
@@ -120,13 +120,14 @@ impl ClusterVolume {
                     .as_ref()
                     .and_then(|v| v.store.read().as_ref().map(|(_, vol)| vol.commit_stats()))
                     .unwrap_or_default();
+                let p = path.report();
                 IoReport {
                     commits: stats.commits,
                     committed_changes: stats.jobs,
-                    state: "Direct".into(),
-                    reason: None,
-                    bytes_direct: c(&data.read) + c(&data.written),
-                    bytes_redirected: 0,
+                    state: p.state.to_string(),
+                    reason: p.reason.map(|r| r.to_string()),
+                    bytes_direct: p.bytes_direct,
+                    bytes_redirected: p.bytes_redirected,
                     metadata_calls: calls.as_ref().map_or(0, |v| c(&v.counters.remote_calls)),
                     local_calls: calls.as_ref().map_or(0, |v| c(&v.counters.local_calls)),
                     served_calls: calls.as_ref().map_or(0, |v| c(&v.counters.served_calls)),

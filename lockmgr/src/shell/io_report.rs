@@ -16,9 +16,9 @@ pub struct IoReport {
     pub state: String,
     /// Why, when not `Direct`.
     pub reason: Option<String>,
-    /// File bytes read and written on the LUN by this node itself.
+    /// Bytes this node read and wrote on its own path to the LUN.
     pub bytes_direct: u64,
-    /// File bytes that went through another node.
+    /// Bytes it read and wrote through another node.
     pub bytes_redirected: u64,
     /// Metadata calls sent to the coordinator.
     pub metadata_calls: u64,

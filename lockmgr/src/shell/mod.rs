@@ -144,6 +144,13 @@ impl Shell {
         self.id
     }
 
+    /// The ids of the other nodes of the cluster.
+    pub fn peer_ids(&self) -> Vec<u8> {
+        let mut v = self.links.node_ids();
+        v.retain(|&n| n != self.id);
+        v
+    }
+
     /// A volume's service.
     pub fn volume(&self, label: &str) -> Option<&VolumeHandle> {
         self.volumes.get(label)

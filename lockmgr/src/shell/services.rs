@@ -93,6 +93,13 @@ impl ServiceLinks {
         }
     }
 
+    /// The ids of the cluster's nodes, lowest first.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.names.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Opens a stream to `service` of `volume` on node `to`, greeted and ready for the
     /// service's own frames.
     pub async fn open(

@@ -56,6 +56,10 @@ pub struct VolumeStatus {
     /// The node's I/O on the volume, when its file system reports it.
     #[serde(default)]
     pub io: Option<super::IoReport>,
+    /// On the coordinator: nodes whose redirected I/O is refused, with the highest
+    /// incarnation refused (they are fenced or being fenced).
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<NodeId, u32>,
 }
 
 enum Command {
@@ -74,6 +78,7 @@ enum Command {
         op: RangeOp,
         done: oneshot::Sender<RangeOutcome>,
     },
+    RegisterAgain,
 }
 
 /// The handle of a running volume service.
@@ -164,6 +169,12 @@ impl VolumeHandle {
     /// Gives a lease back.
     pub fn release(&self, res: ResourceId) {
         let _ = self.commands.send(Command::Release { res });
+    }
+
+    /// Registers this node again as a new incarnation (its direct path came back on a
+    /// new connection: see [`Node::register_again`]).
+    pub fn register_again(&self) {
+        let _ = self.commands.send(Command::RegisterAgain);
     }
 
     /// The volume's state now.
@@ -264,6 +275,7 @@ pub fn start(
         lockspace: None,
         since_ms: super::lun_disk::wall_clock_ms(),
         io: None,
+        refused: Default::default(),
     });
     let (op_tx, op_rx) = std::sync::mpsc::channel::<(u64, DiskOp, u32)>();
     let disk = setup.disk.clone();
@@ -420,6 +432,10 @@ impl VolumeTask {
                 self.ranges_waiting.insert(req, done);
                 actions
             }
+            Command::RegisterAgain => {
+                tracing::info!(volume = self.label, "registering again on the direct path");
+                self.node.register_again(now)
+            }
         }
     }
 
@@ -541,6 +557,7 @@ impl VolumeTask {
             lockspace: node.lockspace_holdings().map(|h| h.len()),
             since_ms: self.status.borrow().since_ms,
             io: None,
+            refused: node.refused_writers(),
         };
         self.status.send_if_modified(|s| {
             if *s != next {

@@ -84,6 +84,14 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
         0
     }
 
+    /// Whether a write would go to the LUN now: [`BlockError::PossiblyFenced`] while
+    /// this node's registration may have been lost with a reconnect and waits to be
+    /// renewed (a path that came back is usable for writes only after that). Backends
+    /// without registrations are always ready.
+    fn write_ready(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
+
     /// Checks the alignment and range rules every backend enforces.
     fn check_range(&self, offset: u64, len: usize) -> Result<(), BlockError> {
         let bs = u64::from(self.block_size());

@@ -243,6 +243,33 @@ impl Node {
         self.coord.as_ref().map(|c| c.ranges.all())
     }
 
+    /// While coordinating: the nodes whose I/O must be refused (a node redirecting its
+    /// I/O through this one after being fenced), each with the highest incarnation
+    /// refused. A node being fenced is refused up to the incarnation being fenced.
+    pub fn refused_writers(&self) -> std::collections::BTreeMap<NodeId, u32> {
+        let Some(c) = &self.coord else {
+            return Default::default();
+        };
+        let mut m = c.fenced.clone();
+        for n in &c.fencing {
+            let upto = self.peer_incarnation.get(n).copied().unwrap_or(u32::MAX);
+            let e = m.entry(*n).or_insert(upto);
+            *e = (*e).max(upto);
+        }
+        m
+    }
+
+    /// Registers this node again as a new incarnation, as after a possible fencing:
+    /// its direct path came back on a new connection, on which the target no longer
+    /// knows its key. Leases and byte-range locks of the earlier life are given up.
+    pub fn register_again(&mut self, now: Millis) -> Vec<Action> {
+        if self.phase != Phase::Joining {
+            self.fenced(now);
+        }
+        self.pump_disk();
+        std::mem::take(&mut self.out)
+    }
+
     /// Requests outstanding.
     pub fn pending(&self) -> usize {
         self.pending.len()

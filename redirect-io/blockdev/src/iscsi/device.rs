@@ -503,6 +503,10 @@ impl BlockDevice for IscsiDevice {
         scsi::decode_read_reservation(&d).map_err(|e| self.protocol(e))
     }
 
+    fn write_ready(&self) -> Result<(), BlockError> {
+        self.check_write_allowed()
+    }
+
     fn path_generation(&self) -> u64 {
         self.session.generation()
     }

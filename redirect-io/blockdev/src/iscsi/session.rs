@@ -482,6 +482,31 @@ impl State {
     }
 }
 
+/// Ends a failed connection so that nothing still queued on it can reach the target
+/// later: with SO_LINGER at zero the socket's close resets the connection and drops
+/// unsent data, instead of retransmitting it when a cut path comes back (a write
+/// that arrived then could overwrite newer data written meanwhile through another
+/// path).
+fn abort(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this stream owns, with a linger struct of the
+    // size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
 /// Removes a task, first waiting for a Data-In read into its buffer to finish.
 fn remove_task(st: &mut parking_lot::MutexGuard<'_, State>, itt: u32, cond: &Condvar) -> Task {
     while let Some(t) = st.tasks.get_mut(&itt).filter(|t| t.reader_busy) {
@@ -556,7 +581,7 @@ impl Shared {
         let Some(conn) = st.conn.clone().filter(|c| c.id == id) else {
             return;
         };
-        let _ = conn.stream.shutdown(Shutdown::Both);
+        abort(&conn.stream);
         st.conn = None;
         if !st.closing {
             tracing::warn!(lun = %self.url.display_name(), %reason, "iSCSI connection lost");

@@ -1,0 +1,115 @@
+//! The serving side of redirected I/O: a node with a direct path carries out another
+//! node's reads, writes and flushes on it. Every request passes the [`Gate`] first: a
+//! fenced sender's writes must never land (the LUN would refuse them on the sender's
+//! own path; here the serving node refuses them for it), and a sender that speaks for
+//! another epoch is told to find the current one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use blockdev::BlockDevice;
+use lockmgr::transport::FramedStream;
+use tracing::warn;
+
+use crate::wire::{Answer, Credentials, MAX_FRAME, Op, RefusalKind, Request};
+
+/// Why a request was refused, with the serving node's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub kind: RefusalKind,
+    /// The serving node's epoch.
+    pub epoch: u64,
+}
+
+/// Decides whom a serving node admits.
+pub trait Gate: Send + Sync {
+    /// Admits node `from` speaking as `who`, or says why not.
+    fn admit(&self, from: u8, who: Credentials) -> Result<(), Refusal>;
+}
+
+/// What a serving node did for others.
+#[derive(Debug, Default)]
+pub struct ServedCounters {
+    /// Requests carried out.
+    pub requests: AtomicU64,
+    /// Bytes read and written for others.
+    pub bytes: AtomicU64,
+    /// Requests refused (fenced, wrong epoch, not serving).
+    pub refused: AtomicU64,
+}
+
+/// Serves the block requests of `from` on `stream`, one after the other, until the
+/// stream ends, on `lun` (this node's direct path: never a redirected one).
+pub async fn serve(
+    from: u8,
+    mut stream: FramedStream,
+    lun: Arc<dyn BlockDevice>,
+    gate: Arc<dyn Gate>,
+    counters: Arc<ServedCounters>,
+) {
+    stream.set_max_frame_len(MAX_FRAME);
+    while let Ok(Some(bytes)) = stream.recv().await {
+        let req = match Request::decode(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(lun = lun.name(), from, error = %e, "refusing a redirected request; closing its stream");
+                return;
+            }
+        };
+        let answer = match gate.admit(from, req.from) {
+            Err(r) => {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                if r.kind == RefusalKind::Fenced {
+                    warn!(
+                        lun = lun.name(),
+                        from,
+                        incarnation = req.from.incarnation,
+                        "refused redirected I/O of a fenced node"
+                    );
+                }
+                Answer::Refused {
+                    kind: r.kind,
+                    epoch: r.epoch,
+                }
+            }
+            Ok(()) => carry_out(lun.clone(), req.op, &counters).await,
+        };
+        if stream.send(&answer.encode()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Carries out one admitted request on the direct path.
+async fn carry_out(lun: Arc<dyn BlockDevice>, op: Op, counters: &ServedCounters) -> Answer {
+    let moved = match &op {
+        Op::Read { len, .. } => u64::from(*len),
+        Op::Write { data, .. } => data.len() as u64,
+        Op::Flush => 0,
+    };
+    let done = tokio::task::spawn_blocking(move || match op {
+        Op::Read { offset, len } => {
+            let mut buf = vec![0u8; len as usize];
+            lun.read_at(&mut buf, offset).map(|()| Answer::Data(buf))
+        }
+        Op::Write { offset, data } => lun.write_at(&data, offset).map(|()| Answer::Done),
+        Op::Flush => lun.flush().map(|()| Answer::Done),
+    })
+    .await;
+    match done {
+        Ok(Ok(a)) => {
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+            counters.bytes.fetch_add(moved, Ordering::Relaxed);
+            a
+        }
+        Ok(Err(e)) => Answer::Failed {
+            errno: e.errno(),
+            message: format!("on the serving node: {e}"),
+        },
+        Err(e) => Answer::Failed {
+            errno: libc::EIO,
+            message: format!("the serving node's I/O task failed: {e}"),
+        },
+    }
+}
