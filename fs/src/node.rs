@@ -149,6 +149,7 @@ pub fn run(req: NodeRequest) -> Result<()> {
         for v in &opened {
             v.route.attach(shell.clone());
             redirect_io::cluster::serve_volume(&shell, &v.label, v.direct.clone());
+            redirect_io::cluster::control_user_redirect(&shell, &v.label, v.path.clone());
         }
         let socket = control::socket_path(&run_dir, &me.name);
         control::serve(shell.clone(), &socket)

@@ -68,6 +68,14 @@ pub enum Request {
         /// How long a waiting lock may wait (then it is given up).
         timeout_ms: u64,
     },
+    /// File system redirected mode of a volume on every node: on sends every I/O of
+    /// the nodes through the coordinator, off returns them to direct I/O.
+    Redirect {
+        /// The volume's label.
+        volume: String,
+        /// On or off.
+        on: bool,
+    },
 }
 
 /// A byte-range lock operation, as the control socket names it. Ranges are
@@ -219,6 +227,11 @@ pub enum Response {
     },
     /// Done.
     Done,
+    /// How each node took a change of redirected mode.
+    Redirected {
+        /// By node id: `None` if it took it, else why not.
+        nodes: Vec<(u8, Option<String>)>,
+    },
     /// The request failed; the message says why and what to do.
     Error {
         /// One line.
@@ -391,6 +404,17 @@ async fn answer(
             v.release(res);
             held.remove(&(volume, res));
             Response::Done
+        }
+        Request::Redirect { volume, on } => {
+            let Some(control) = shell.redirect_controls().get(&volume) else {
+                return no_volume(&volume);
+            };
+            let nodes = control(on)
+                .await
+                .into_iter()
+                .map(|(n, r)| (n, r.err()))
+                .collect();
+            Response::Redirected { nodes }
         }
         Request::Range {
             volume,

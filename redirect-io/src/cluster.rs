@@ -44,6 +44,14 @@ impl VolumeRoute {
         let _ = self.shell.set(shell);
     }
 
+    /// Whether this node coordinates the volume now.
+    pub fn coordinates(&self) -> bool {
+        self.shell.get().is_some_and(|s| {
+            s.volume(&self.label)
+                .is_some_and(|h| h.status().coordinator == Some(s.id()))
+        })
+    }
+
     /// Asks the lock manager to register this node again (see
     /// [`lockmgr::shell::VolumeHandle::register_again`]).
     pub fn register_again(&self) {
@@ -175,13 +183,80 @@ pub fn monitored_device(
         rt,
         PATIENCE,
     ));
+    let asks = route.clone();
     PathMonitor::start(
         label,
         direct,
         redirected,
-        Box::new(move || route.register_again()),
+        Box::new(move || asks.register_again()),
+        Box::new(move || route.coordinates()),
     )
 }
+
+/// Takes `csvctl volume redirect` for volume `label` on this node: the node that gets
+/// the request sets file system redirected mode on `path` and asks every peer to do
+/// the same with theirs; peers' requests come as a stream of [`MODE_SERVICE`] with
+/// one frame, `[1]` for on or `[0]` for off, answered `[1]` once done. Must run inside
+/// the node's runtime.
+pub fn control_user_redirect(shell: &Arc<Shell>, label: &str, path: Arc<PathMonitor>) {
+    let local = path.clone();
+    shell.services().register(
+        label,
+        MODE_SERVICE,
+        Arc::new(move |_from, mut stream| {
+            let path = local.clone();
+            tokio::spawn(async move {
+                if let Ok(Some(frame)) = stream.recv().await
+                    && let [on @ (0 | 1)] = frame[..]
+                {
+                    path.set_user_redirect(on == 1);
+                    let _ = stream.send(&[1]).await;
+                }
+            });
+        }),
+    );
+    let shell_w = Arc::downgrade(shell);
+    let label = label.to_string();
+    shell.redirect_controls().set(
+        &label.clone(),
+        Arc::new(move |on| {
+            let shell = shell_w.clone();
+            let path = path.clone();
+            let label = label.clone();
+            Box::pin(async move {
+                let Some(shell) = shell.upgrade() else {
+                    return Vec::new();
+                };
+                path.set_user_redirect(on);
+                let mut outcome = vec![(shell.id(), Ok(()))];
+                for peer in shell.peer_ids() {
+                    let asked = tokio::time::timeout(MODE_TIMEOUT, async {
+                        let mut s = shell
+                            .open_service(peer, &label, MODE_SERVICE)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        s.send(&[u8::from(on)]).await.map_err(|e| e.to_string())?;
+                        match s.recv().await {
+                            Ok(Some(a)) if a == [1] => Ok(()),
+                            Ok(_) => Err("it did not confirm".to_string()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {MODE_TIMEOUT:?}")));
+                    outcome.push((peer, asked));
+                }
+                outcome
+            })
+        }),
+    );
+}
+
+/// The service number of `csvctl volume redirect` between the nodes.
+pub const MODE_SERVICE: u8 = 3;
+
+/// How long a peer may take to confirm a change of mode.
+const MODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

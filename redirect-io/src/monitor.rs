@@ -81,6 +81,11 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Asks the lock manager to register this node again on the direct path.
 pub type Reregister = Box<dyn Fn() + Send + Sync>;
 
+/// Says whether this node coordinates the volume now (in file system redirected mode
+/// the coordinator's own I/O stays on its direct path: it is the node all the others
+/// go through).
+pub type Coordinates = Box<dyn Fn() -> bool + Send + Sync>;
+
 struct Mode {
     state: PathState,
     reason: Option<Reason>,
@@ -97,6 +102,7 @@ pub struct PathMonitor {
     redirected: Arc<dyn BlockDevice>,
     mode: Mutex<Mode>,
     reregister: Reregister,
+    coordinates: Coordinates,
     bytes_direct: AtomicU64,
     bytes_redirected: AtomicU64,
     changes: AtomicU64,
@@ -121,13 +127,15 @@ fn is_path_error(e: &BlockError) -> bool {
 
 impl PathMonitor {
     /// The device of volume `label`: `direct` while it works, else `redirected`;
-    /// `reregister` asks the lock manager for a new registration. Starts the probe
-    /// thread, which ends when the monitor is dropped.
+    /// `reregister` asks the lock manager for a new registration, `coordinates` says
+    /// whether this node coordinates the volume. Starts the probe thread, which ends
+    /// when the monitor is dropped.
     pub fn start(
         label: &str,
         direct: Arc<dyn BlockDevice>,
         redirected: Arc<dyn BlockDevice>,
         reregister: Reregister,
+        coordinates: Coordinates,
     ) -> Arc<PathMonitor> {
         let m = Arc::new(PathMonitor {
             label: label.to_string(),
@@ -141,6 +149,7 @@ impl PathMonitor {
                 reregistering: false,
             }),
             reregister,
+            coordinates,
             bytes_direct: AtomicU64::new(0),
             bytes_redirected: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -225,7 +234,11 @@ impl PathMonitor {
     }
 
     fn redirected_now(&self) -> bool {
-        self.mode.lock().state != PathState::Direct
+        match self.mode.lock().state {
+            PathState::Direct => false,
+            PathState::BlockRedirected => true,
+            PathState::FileSystemRedirected => !(self.coordinates)(),
+        }
     }
 
     /// The direct path failed with `e`: redirect (if still direct).

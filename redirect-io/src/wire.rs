@@ -106,6 +106,9 @@ pub enum WireError {
     /// Bytes after the end of a fixed-size frame.
     #[error("block service frame has {0} bytes after its end")]
     Trailing(usize),
+    /// A flush with an offset (a flush has none: it is sent as 0).
+    #[error("block service flush carries offset {0}; a flush has none")]
+    FlushOffset(u64),
     /// A failure message that is not UTF-8.
     #[error("block service failure message is not UTF-8")]
     BadMessage,
@@ -198,6 +201,9 @@ impl Request {
             }
             3 => {
                 r.end()?;
+                if offset != 0 {
+                    return Err(WireError::FlushOffset(offset));
+                }
                 Op::Flush
             }
             k => return Err(WireError::UnknownKind(k)),
@@ -276,6 +282,22 @@ impl Answer {
             k => Err(WireError::UnknownKind(k)),
         }
     }
+}
+
+/// Decodes `frame` as a request and as an answer; whatever decodes must re-encode to
+/// exactly `frame`. Panics otherwise: the check of the fuzz target and of the corpus
+/// replay. Returns how many of the two readings accepted it.
+pub fn check_round_trip(frame: &[u8]) -> usize {
+    let mut accepted = 0;
+    if let Ok(r) = Request::decode(frame) {
+        assert_eq!(r.encode(), frame, "request {r:?} re-encodes differently");
+        accepted += 1;
+    }
+    if let Ok(a) = Answer::decode(frame) {
+        assert_eq!(a.encode(), frame, "answer {a:?} re-encodes differently");
+        accepted += 1;
+    }
+    accepted
 }
 
 #[cfg(test)]

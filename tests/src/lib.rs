@@ -402,6 +402,23 @@ pub fn run_pjdfstest(dir: &Path) -> (String, String) {
     (summary, text)
 }
 
+/// Runs pjdfstest in a fresh world-writable directory `dir` (made here) under a deep
+/// mount point: pjdfstest binds Unix sockets under the directory it is given, and a
+/// socket path has at most 107 bytes, so it is given a short link to `dir`.
+pub fn run_pjdfstest_in_new_dir(dir: &Path) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let link = PathBuf::from(format!("/tmp/csvfs-pjd-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir, &link).unwrap();
+    let r = run_pjdfstest(&link);
+    let _ = std::fs::remove_file(&link);
+    r
+}
+
 /// Runs pjdfstest in a fresh world-writable directory of the mount and asserts 0 failed.
 pub fn assert_pjdfstest_passes(m: &Mount) {
     use std::os::unix::fs::PermissionsExt;

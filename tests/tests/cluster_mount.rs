@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use csvfs_tests::cluster::Cluster;
 use csvfs_tests::tgtd::Tgtd;
-use csvfs_tests::{Scratch, require_root_and_fuse, run_pjdfstest};
+use csvfs_tests::{Scratch, require_root_and_fuse, run_pjdfstest_in_new_dir};
 
 const LABEL: &str = "Volume1";
 
@@ -166,16 +166,7 @@ fn pjdfstest_passes_on_a_node_that_does_not_coordinate() {
     let s = Scratch::new();
     let (_t, c, mounts, coord) = three_mounted_nodes(&s);
     let follower = (coord + 1) % 3;
-    let dir = mounts[follower].join("pjd");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    // pjdfstest binds Unix sockets under the directory it is given, and a socket path
-    // has at most 107 bytes: give it a short link to the deep mount point.
-    let link = PathBuf::from(format!("/tmp/csvfs-pjd-{}", std::process::id()));
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&dir, &link).unwrap();
-    let (summary, text) = run_pjdfstest(&link);
-    let _ = std::fs::remove_file(&link);
+    let (summary, text) = run_pjdfstest_in_new_dir(&mounts[follower].join("pjd"));
     println!(
         "pjdfstest on n{} (not the coordinator): {summary}",
         follower + 1

@@ -6,6 +6,7 @@ mod fsck;
 mod in_use;
 mod mkfs;
 mod volume;
+mod volume_redirect;
 
 use clap::{Parser, Subcommand};
 
@@ -80,6 +81,10 @@ fn main() {
             }
             Command::Volume(volume::VolumeCommand::Status(a)) => {
                 exit_on_error("csvctl volume status", volume::status(a));
+                0
+            }
+            Command::Volume(volume::VolumeCommand::Redirect(a)) => {
+                exit_on_error("csvctl volume redirect", volume_redirect::run(a));
                 0
             }
         },

@@ -22,6 +22,9 @@ pub enum VolumeCommand {
     /// Per volume: the coordinator and epoch; per node: its role, incarnation and
     /// disk heartbeat.
     Status(StatusArgs),
+    /// File system redirected mode: every node's I/O through the coordinator (--on),
+    /// or back to direct I/O (--off).
+    Redirect(crate::volume_redirect::RedirectArgs),
 }
 
 /// Arguments of `csvctl volume create`.

@@ -12,6 +12,7 @@
 pub mod io_report;
 pub mod lun_disk;
 pub mod peers;
+pub mod redirect_control;
 pub mod services;
 pub mod volume;
 
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 
 pub use io_report::{IoReport, Reporter, Reporters};
 pub use lun_disk::{LunDisk, RESERVATION_TYPE};
+pub use redirect_control::{RedirectControl, RedirectControls, RedirectOutcome};
 pub use services::{ServiceError, ServiceHandler, Services};
 pub use volume::{LeaseError, LeaseEvent, VolumeHandle, VolumeStatus};
 
@@ -39,6 +41,7 @@ pub struct Shell {
     services: Services,
     links: services::ServiceLinks,
     reporters: Reporters,
+    redirect_controls: RedirectControls,
 }
 
 /// Why a node could not start.
@@ -131,6 +134,7 @@ impl Shell {
             volumes: handles,
             services,
             reporters: Reporters::default(),
+            redirect_controls: RedirectControls::default(),
         })
     }
 
@@ -174,6 +178,11 @@ impl Shell {
     /// Where the file system reports its I/O per volume (shown in status).
     pub fn reporters(&self) -> &Reporters {
         &self.reporters
+    }
+
+    /// Where the I/O layer takes `csvctl volume redirect` per volume.
+    pub fn redirect_controls(&self) -> &RedirectControls {
+        &self.redirect_controls
     }
 
     /// Every volume's state, by label.
