@@ -23,7 +23,7 @@ use blockdev::{BlockDevice, BlockError};
 use lockmgr::transport::FramedStream;
 use parking_lot::Mutex;
 
-use crate::wire::{Answer, Credentials, MAX_FRAME, MAX_IO, Op, RefusalKind, Request};
+use crate::wire::{self, Answer, Credentials, MAX_FRAME, MAX_IO, Op, RefusalKind, Request};
 
 /// Where redirected I/O goes now, and as whom it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,15 +109,15 @@ impl RedirectedDevice {
         &self,
         what: &'static str,
         offset: u64,
-        build: &dyn Fn(Credentials) -> Vec<(Piece, Request)>,
+        build: &dyn Fn(Credentials) -> Vec<(Piece, Vec<u8>)>,
         out: &mut [u8],
     ) -> Result<(), BlockError> {
         let deadline = Instant::now() + self.patience;
         let mut last = String::from("no node with a direct path is known yet");
         loop {
             if let Some(t) = self.route.target() {
-                let (pieces, reqs): (Vec<Piece>, Vec<Request>) = build(t.from).into_iter().unzip();
-                let frames: Vec<Vec<u8>> = reqs.iter().map(Request::encode).collect();
+                let (pieces, frames): (Vec<Piece>, Vec<Vec<u8>>) =
+                    build(t.from).into_iter().unzip();
                 let answers = self.rt.block_on(async {
                     tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(t.node, frames))
                         .await
@@ -154,14 +154,23 @@ impl RedirectedDevice {
         offset: u64,
         t: Target,
         pieces: &[Piece],
-        answers: Vec<Answer>,
+        answers: Vec<Vec<u8>>,
         out: &mut [u8],
     ) -> Result<(), Retry> {
-        for (piece, answer) in pieces.iter().zip(answers) {
+        for (piece, frame) in pieces.iter().zip(answers) {
+            if let Piece::Read { at, len } = piece
+                && let Some(d) = wire::data_of(&frame).filter(|d| d.len() == *len)
+            {
+                out[*at..*at + len].copy_from_slice(d);
+                continue;
+            }
+            let answer = Answer::decode(&frame).map_err(|e| {
+                Retry::Never(BlockError::Protocol {
+                    lun: self.name.clone(),
+                    detail: format!("node {}: {e}", t.node),
+                })
+            })?;
             match (piece, answer) {
-                (Piece::Read { at, len }, Answer::Data(d)) if d.len() == *len => {
-                    out[*at..*at + len].copy_from_slice(&d);
-                }
                 (Piece::Write | Piece::Flush, Answer::Done) => {}
                 (_, Answer::Refused { kind, epoch }) => match kind {
                     RefusalKind::Fenced => {
@@ -201,7 +210,7 @@ impl RedirectedDevice {
 
     /// Sends every frame on one stream to `to`, then reads as many answers; the stream
     /// goes back to the pool only after a whole exchange.
-    async fn exchange(&self, to: u8, frames: Vec<Vec<u8>>) -> Result<Vec<Answer>, String> {
+    async fn exchange(&self, to: u8, frames: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
         let pooled = {
             let mut pool = self.pool.lock();
             pool.iter()
@@ -232,9 +241,9 @@ impl RedirectedDevice {
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or("the serving node closed the stream")?;
-                answers.push(Answer::decode(&bytes).map_err(|e| e.to_string())?);
+                answers.push(bytes);
             }
-            Ok::<Vec<Answer>, String>(answers)
+            Ok::<Vec<Vec<u8>>, String>(answers)
         };
         let (sent, answers) = tokio::join!(sending, receiving);
         sent?;
@@ -273,7 +282,7 @@ impl BlockDevice for RedirectedDevice {
                         offset: offset + at as u64,
                         len: n as u32,
                     };
-                    (Piece::Read { at, len: n }, Request { from, op })
+                    (Piece::Read { at, len: n }, Request { from, op }.encode())
                 })
                 .collect()
         };
@@ -286,11 +295,8 @@ impl BlockDevice for RedirectedDevice {
             buf.chunks(MAX_IO)
                 .enumerate()
                 .map(|(i, chunk)| {
-                    let op = Op::Write {
-                        offset: offset + (i * MAX_IO) as u64,
-                        data: chunk.to_vec(),
-                    };
-                    (Piece::Write, Request { from, op })
+                    let at = offset + (i * MAX_IO) as u64;
+                    (Piece::Write, wire::write_frame(from, at, chunk))
                 })
                 .collect()
         };
@@ -304,7 +310,8 @@ impl BlockDevice for RedirectedDevice {
                 Request {
                     from,
                     op: Op::Flush,
-                },
+                }
+                .encode(),
             )]
         };
         self.io("flush", 0, &build, &mut [])

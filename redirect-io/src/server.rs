@@ -11,7 +11,7 @@ use blockdev::BlockDevice;
 use lockmgr::transport::FramedStream;
 use tracing::warn;
 
-use crate::wire::{Answer, Credentials, MAX_FRAME, Op, RefusalKind, Request};
+use crate::wire::{self, Answer, Credentials, MAX_FRAME, Op, RefusalKind, Request};
 
 /// Why a request was refused, with the serving node's epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,17 +72,19 @@ pub async fn serve(
                     kind: r.kind,
                     epoch: r.epoch,
                 }
+                .encode()
             }
             Ok(()) => carry_out(lun.clone(), req.op, &counters).await,
         };
-        if stream.send(&answer.encode()).await.is_err() {
+        if stream.send(&answer).await.is_err() {
             return;
         }
     }
 }
 
-/// Carries out one admitted request on the direct path.
-async fn carry_out(lun: Arc<dyn BlockDevice>, op: Op, counters: &ServedCounters) -> Answer {
+/// Carries out one admitted request on the direct path; returns the answer's frame
+/// (a read's data is read straight into it).
+async fn carry_out(lun: Arc<dyn BlockDevice>, op: Op, counters: &ServedCounters) -> Vec<u8> {
     let moved = match &op {
         Op::Read { len, .. } => u64::from(*len),
         Op::Write { data, .. } => data.len() as u64,
@@ -90,26 +92,28 @@ async fn carry_out(lun: Arc<dyn BlockDevice>, op: Op, counters: &ServedCounters)
     };
     let done = tokio::task::spawn_blocking(move || match op {
         Op::Read { offset, len } => {
-            let mut buf = vec![0u8; len as usize];
-            lun.read_at(&mut buf, offset).map(|()| Answer::Data(buf))
+            let mut frame = wire::data_frame(len as usize);
+            lun.read_at(&mut frame[1..], offset).map(|()| frame)
         }
-        Op::Write { offset, data } => lun.write_at(&data, offset).map(|()| Answer::Done),
-        Op::Flush => lun.flush().map(|()| Answer::Done),
+        Op::Write { offset, data } => lun.write_at(&data, offset).map(|()| Answer::Done.encode()),
+        Op::Flush => lun.flush().map(|()| Answer::Done.encode()),
     })
     .await;
     match done {
-        Ok(Ok(a)) => {
+        Ok(Ok(frame)) => {
             counters.requests.fetch_add(1, Ordering::Relaxed);
             counters.bytes.fetch_add(moved, Ordering::Relaxed);
-            a
+            frame
         }
         Ok(Err(e)) => Answer::Failed {
             errno: e.errno(),
             message: format!("on the serving node: {e}"),
-        },
+        }
+        .encode(),
         Err(e) => Answer::Failed {
             errno: libc::EIO,
             message: format!("the serving node's I/O task failed: {e}"),
-        },
+        }
+        .encode(),
     }
 }

@@ -146,9 +146,41 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The frame of a write request of `data` at `offset` (what [`Request::encode`] makes
+/// of an [`Op::Write`], without first copying the data into one).
+pub fn write_frame(from: Credentials, offset: u64, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(REQUEST_HEADER + data.len());
+    v.push(2);
+    v.extend_from_slice(&from.epoch.to_le_bytes());
+    v.extend_from_slice(&from.incarnation.to_le_bytes());
+    v.extend_from_slice(&offset.to_le_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// An [`Answer::Data`] frame of `len` zero bytes, for the serving side to read into
+/// (its payload is `frame[1..]`).
+pub fn data_frame(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; 1 + len];
+    v[0] = 1;
+    v
+}
+
+/// The data of an [`Answer::Data`] frame, without copying it; `None` for any other
+/// frame.
+pub fn data_of(frame: &[u8]) -> Option<&[u8]> {
+    match frame.split_first() {
+        Some((1, d)) if d.len() <= MAX_IO => Some(d),
+        _ => None,
+    }
+}
+
 impl Request {
     /// The frame.
     pub fn encode(&self) -> Vec<u8> {
+        if let Op::Write { offset, data } = &self.op {
+            return write_frame(self.from, *offset, data);
+        }
         let extra = match &self.op {
             Op::Read { .. } => 4,
             Op::Write { data, .. } => data.len(),

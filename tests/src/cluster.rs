@@ -279,6 +279,33 @@ impl Cluster {
         }
     }
 
+    /// Runs `csvctl volume redirect <label> --on|--off` against the daemons; returns
+    /// its output. Fails the test if it fails.
+    pub fn set_redirect(&self, on: bool) -> String {
+        let config = self.config.display().to_string();
+        let mode = if on { "--on" } else { "--off" };
+        let mut args = vec!["volume", "redirect", &self.label, mode, "--config", &config];
+        let roots: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.root.display().to_string())
+            .collect();
+        for r in &roots {
+            args.extend(["--root", r]);
+        }
+        let out = crate::run(&bin("csvctl"), &args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "csvctl volume redirect {mode}: {text}"
+        );
+        text
+    }
+
     /// Every node's view and the tail of its log, for failure messages.
     pub fn describe(&self) -> String {
         let mut out = String::new();

@@ -6,34 +6,9 @@
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::{Scratch, bin, require_root_and_fuse, run, run_pjdfstest_in_new_dir};
+use csvfs_tests::{Scratch, require_root_and_fuse, run_pjdfstest_in_new_dir};
 
 const LABEL: &str = "Volume1";
-
-/// Runs `csvctl volume redirect` against the cluster's daemons; returns its output.
-fn redirect(c: &Cluster, mode: &str) -> String {
-    let config = c.config.display().to_string();
-    let mut args = vec!["volume", "redirect", LABEL, mode, "--config", &config];
-    let roots: Vec<String> = c
-        .nodes
-        .iter()
-        .map(|n| n.root.display().to_string())
-        .collect();
-    for r in &roots {
-        args.extend(["--root", r]);
-    }
-    let out = run(&bin("csvctl"), &args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "csvctl volume redirect {mode}: {text}"
-    );
-    text
-}
 
 /// Waits until every node shows `state` (and `reason`).
 fn wait_all(c: &Cluster, state: &str, reason: Option<&str>) {
@@ -72,7 +47,7 @@ fn pjdfstest_passes_on_a_follower_in_file_system_redirected_mode_and_off_returns
     let mp = c.nodes[follower].wait_mounted(LABEL, Duration::from_secs(20));
     wait_all(&c, "Direct", None);
 
-    let said = redirect(&c, "--on");
+    let said = c.set_redirect(true);
     println!("{said}");
     assert!(said.contains("n1: FileSystemRedirected") && said.contains("n2: FileSystemRedirected"));
     wait_all(&c, "FileSystemRedirected", Some("UserRequest"));
@@ -100,7 +75,7 @@ fn pjdfstest_passes_on_a_follower_in_file_system_redirected_mode_and_off_returns
         "the follower used its own path in redirected mode"
     );
 
-    let said = redirect(&c, "--off");
+    let said = c.set_redirect(false);
     println!("{said}");
     wait_all(&c, "Direct", None);
     // And direct I/O again on the follower.

@@ -255,8 +255,16 @@ impl Endpoint {
         let mut client = quinn::ClientConfig::new(Arc::new(client_quic));
         client.transport_config(transport);
 
-        let quic = quinn::Endpoint::server(server, addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+        let bind = |source| TransportError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(MAX_UDP_PAYLOAD)
+            .map_err(|e| setup(&e))?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| setup(&"no async runtime for the QUIC endpoint"))?;
+        let quic =
+            quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind)?;
         let local = Arc::new(Local {
             config: config.clone(),
             node: node.to_string(),
@@ -385,8 +393,17 @@ fn transport_config(
     // heartbeat interval keep a quiet but live connection open.
     t.max_idle_timeout(Some(config.timing.fence().try_into()?));
     t.keep_alive_interval(Some(config.timing.heartbeat_interval()));
+    // Bulk transfers (redirected I/O, VM memory) need few, large packets: search for
+    // up to jumbo-frame (and loopback) sizes; a path that drops them stays at what works.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     Ok(t)
 }
+
+/// The largest UDP payload a node sends or accepts: a 9000-byte jumbo frame less the
+/// IPv4 and UDP headers.
+const MAX_UDP_PAYLOAD: u16 = 9000 - 28;
 
 async fn run_acceptor(
     quic: quinn::Endpoint,
