@@ -1,5 +1,5 @@
 //! [`RedirectedDevice`]: a LUN reached through another node. Each I/O is cut into
-//! requests of at most [`MAX_IO`] bytes that go out back to back on one stream (the
+//! requests of at most 256 KiB that go out back to back on one stream (the
 //! pieces of a large I/O are streamed, not sent one after the other's answer), and
 //! callers on many threads use as many streams at once, so the link stays full.
 //!
@@ -23,7 +23,7 @@ use blockdev::{BlockDevice, BlockError};
 use lockmgr::transport::FramedStream;
 use parking_lot::Mutex;
 
-use crate::wire::{self, Answer, Credentials, MAX_FRAME, MAX_IO, Op, RefusalKind, Request};
+use crate::wire::{self, Answer, Credentials, MAX_FRAME, Op, RefusalKind, Request};
 
 /// Where redirected I/O goes now, and as whom it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,10 @@ pub trait Route: Send + Sync {
     /// Opens a stream to the block service on node `to`.
     fn open(&self, to: u8) -> Opening<'_>;
 }
+
+/// The size of the pieces an I/O is cut into: small enough that the serving node
+/// reads the next piece from the LUN while the last one is on its way back.
+const PIECE: usize = 256 << 10;
 
 /// How long one exchange (all the pieces of one I/O) may take before the link counts
 /// as broken.
@@ -275,9 +279,9 @@ impl BlockDevice for RedirectedDevice {
         let len = buf.len();
         let build = |from| {
             (0..len)
-                .step_by(MAX_IO)
+                .step_by(PIECE)
                 .map(|at| {
-                    let n = MAX_IO.min(len - at);
+                    let n = PIECE.min(len - at);
                     let op = Op::Read {
                         offset: offset + at as u64,
                         len: n as u32,
@@ -292,10 +296,10 @@ impl BlockDevice for RedirectedDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.check_range(offset, buf.len())?;
         let build = |from| {
-            buf.chunks(MAX_IO)
+            buf.chunks(PIECE)
                 .enumerate()
                 .map(|(i, chunk)| {
-                    let at = offset + (i * MAX_IO) as u64;
+                    let at = offset + (i * PIECE) as u64;
                     (Piece::Write, wire::write_frame(from, at, chunk))
                 })
                 .collect()
