@@ -541,3 +541,43 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell::IoReport;
+
+    #[test]
+    fn a_status_with_everything_filled_in_reads_back() {
+        let status = Response::Status(NodeStatus {
+            node: "n1".into(),
+            id: 1,
+            pid: 7,
+            volumes: vec![VolumeStatus {
+                label: "Volume1".into(),
+                role: "coordinator, epoch 3".into(),
+                coordinator: Some(1),
+                epoch: 3,
+                incarnation: 2,
+                key: 0x0102,
+                serving: true,
+                leases: 1,
+                lockspace: Some(4),
+                since_ms: 5,
+                io: Some(IoReport {
+                    state: "BlockRedirected".into(),
+                    reason: Some("NoDiskConnectivity".into()),
+                    ..IoReport::default()
+                }),
+                refused: vec![(2, 9), (3, u32::MAX)],
+            }],
+        });
+        let line = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), status);
+        let redirected = Response::Redirected {
+            nodes: vec![(1, None), (2, Some("no answer".into()))],
+        };
+        let line = serde_json::to_string(&redirected).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), redirected);
+    }
+}

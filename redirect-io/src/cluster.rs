@@ -102,8 +102,8 @@ pub fn admit(st: &VolumeStatus, from: u8, who: Credentials) -> Result<(), Refusa
     if st.serving {
         if st
             .refused
-            .get(&from)
-            .is_some_and(|&upto| who.incarnation <= upto)
+            .iter()
+            .any(|&(n, upto)| n == from && who.incarnation <= upto)
         {
             return refuse(RefusalKind::Fenced);
         }
@@ -275,7 +275,7 @@ mod tests {
             lockspace: None,
             since_ms: 0,
             io: None,
-            refused: [(3, 4)].into_iter().collect(),
+            refused: vec![(3, 4)],
         }
     }
 

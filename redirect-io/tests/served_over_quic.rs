@@ -66,7 +66,7 @@ impl Gate for Coordinator {
             lockspace: Some(0),
             since_ms: 0,
             io: None,
-            refused: [(2, 4)].into_iter().collect(),
+            refused: vec![(2, 4)],
         };
         redirect_io::cluster::admit(&st, from, who)
     }

@@ -135,3 +135,91 @@ fn a_follower_that_loses_its_lun_path_keeps_running_fsx_through_the_coordinator(
         "no direct I/O after the return ({direct_before} → {direct_after} bytes)"
     );
 }
+
+#[test]
+fn a_fenced_node_gets_its_redirected_writes_refused_and_rejoins_once_its_path_is_back() {
+    let lab = NetLab::new(2);
+    let s = Scratch::new();
+    let (_t, c) = Cluster::in_netlab(&lab, 2, &s, "Volume1", "&timeout=2");
+    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
+    let cut = 1 - coord;
+    c.wait_for_followers(&[cut], coord, LIMIT);
+    c.nodes[cut].wait_mounted("Volume1", LIMIT);
+    let before = c.volume_status(cut).unwrap();
+
+    // No path to the LUN: the node's I/O (its disk heartbeat, at least) goes through
+    // the coordinator.
+    lab.storage_link(cut + 1, false);
+    wait_state(&c, cut, "BlockRedirected", LIMIT);
+    // Cut off from the coordinator too: the coordinator fences it.
+    lab.cluster_link(cut + 1, false);
+    let me = cut as u8 + 1;
+    let deadline = Instant::now() + LIMIT;
+    let refused = loop {
+        let v = c.volume_status(coord).unwrap_or_else(|| {
+            let pid = c.nodes[coord].pid().unwrap_or(0);
+            let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("State")).map(String::from));
+            let err = lockmgr::control::Client::connect(&lockmgr::control::socket_path(
+                &c.nodes[coord].root.join("run/csvfs"),
+                &c.nodes[coord].name,
+            ))
+            .and_then(|mut cl| cl.status())
+            .err()
+            .map(|e| e.to_string());
+            panic!(
+                "the coordinator (pid {pid}, {state:?}) does not answer: {err:?}\n{}",
+                c.describe()
+            )
+        });
+        if let Some(&(_, upto)) = v.refused.iter().find(|(n, _)| *n == me) {
+            break upto;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator did not fence {}: {v:?}\n{}",
+            c.nodes[cut].name,
+            c.describe()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "{} fenced by the coordinator up to incarnation {refused} (it was in {})",
+        c.nodes[cut].name, before.incarnation
+    );
+    assert!(refused >= before.incarnation);
+
+    // Back on the cluster network, still without its own path: what it sends as the
+    // fenced life is refused, and it gives that life up.
+    lab.cluster_link(cut + 1, true);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let log = std::fs::read_to_string(&c.nodes[coord].log).unwrap_or_default();
+        let v = c.volume_status(cut);
+        if log.contains("refused redirected I/O of a fenced node")
+            && let Some(v) = v.as_ref().filter(|v| v.incarnation > refused)
+        {
+            println!(
+                "the coordinator refused the fenced life's redirected I/O; {} is now in incarnation {} ({})",
+                c.nodes[cut].name, v.incarnation, v.role
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal of the fenced node's redirected I/O, or no new life: {v:?}\n{}",
+            c.describe()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Its path back: it registers and works directly again.
+    lab.storage_link(cut + 1, true);
+    wait_state(&c, cut, "Direct", LIMIT);
+    c.wait_for_followers(&[cut], coord, LIMIT);
+    let mp = c.nodes[cut].mount_point("Volume1");
+    std::fs::write(mp.join("after"), b"written after the fencing").unwrap();
+    let back = c.nodes[coord].mount_point("Volume1").join("after");
+    assert_eq!(std::fs::read(back).unwrap(), b"written after the fencing");
+}

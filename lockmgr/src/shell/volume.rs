@@ -57,9 +57,10 @@ pub struct VolumeStatus {
     #[serde(default)]
     pub io: Option<super::IoReport>,
     /// On the coordinator: nodes whose redirected I/O is refused, with the highest
-    /// incarnation refused (they are fenced or being fenced).
+    /// incarnation refused (they are fenced or being fenced), by node id. (A list, not
+    /// a map: JSON map keys are strings.)
     #[serde(default)]
-    pub refused: std::collections::BTreeMap<NodeId, u32>,
+    pub refused: Vec<(NodeId, u32)>,
 }
 
 enum Command {
@@ -557,7 +558,7 @@ impl VolumeTask {
             lockspace: node.lockspace_holdings().map(|h| h.len()),
             since_ms: self.status.borrow().since_ms,
             io: None,
-            refused: node.refused_writers(),
+            refused: node.refused_writers().into_iter().collect(),
         };
         self.status.send_if_modified(|s| {
             if *s != next {
