@@ -4,6 +4,10 @@
 //! (status BlockRedirected, NoDiskConnectivity) and fsx does not notice; when the
 //! cable is back the follower registers again on its own path and returns to Direct
 //! while fsx still runs. Every fsx run must finish A-OK.
+//!
+//! And fencing on the redirected path: a follower without its path is cut off from
+//! the coordinator too, long enough to be fenced; when its cluster cable is back, what
+//! it sends as its fenced life is refused by the coordinator and it gives that life up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
