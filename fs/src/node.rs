@@ -91,7 +91,7 @@ fn open_volume(
     }
     let route = VolumeRoute::new(label);
     let path = redirect_io::cluster::monitored_device(label, direct.clone(), route.clone(), rt);
-    let dev: Arc<dyn BlockDevice> = path.clone();
+    let dev = path.for_lock_manager();
     Ok(OpenVolume {
         label: label.to_string(),
         direct,

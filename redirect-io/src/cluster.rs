@@ -24,6 +24,10 @@ use crate::wire::{Credentials, RefusalKind};
 /// changes) before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
+/// How long a redirected I/O of the lock manager itself waits (its disk heartbeat, a
+/// slot read): a few heartbeats; it retries on its own.
+pub const LOCK_MANAGER_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Where a volume's redirected I/O goes: its coordinator.
 pub struct VolumeRoute {
     label: String,
@@ -175,19 +179,23 @@ pub fn monitored_device(
     route: Arc<VolumeRoute>,
     rt: tokio::runtime::Handle,
 ) -> Arc<PathMonitor> {
-    let redirected = Arc::new(RedirectedDevice::new(
-        direct.name(),
-        direct.capacity(),
-        direct.block_size(),
-        route.clone(),
-        rt,
-        PATIENCE,
-    ));
+    let redirected = |patience| {
+        Arc::new(RedirectedDevice::new(
+            direct.name(),
+            direct.capacity(),
+            direct.block_size(),
+            route.clone(),
+            rt.clone(),
+            patience,
+        ))
+    };
+    let (patient, quick) = (redirected(PATIENCE), redirected(LOCK_MANAGER_PATIENCE));
     let asks = route.clone();
     PathMonitor::start(
         label,
         direct,
-        redirected,
+        patient,
+        quick,
         Box::new(move || asks.register_again()),
         Box::new(move || route.coordinates()),
     )

@@ -75,6 +75,16 @@ pub struct PathReport {
     pub changes: u64,
 }
 
+/// The direct path after an I/O on it failed.
+enum Direct {
+    /// It does not work: redirect.
+    Failed,
+    /// It works and the node is registered on it (again): try the I/O again there.
+    Registered,
+    /// It works but the node waits for a new registration: the I/O fails.
+    Unregistered,
+}
+
 /// How often the direct path is probed while redirected for lack of it.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -100,6 +110,7 @@ pub struct PathMonitor {
     label: String,
     direct: Arc<dyn BlockDevice>,
     redirected: Arc<dyn BlockDevice>,
+    redirected_quick: Arc<dyn BlockDevice>,
     mode: Mutex<Mode>,
     reregister: Reregister,
     coordinates: Coordinates,
@@ -118,6 +129,8 @@ impl std::fmt::Debug for PathMonitor {
 }
 
 /// Errors of the direct path that mean "the path", not "this I/O" or "this node".
+/// (`PossiblyFenced` is one only if the path does not read either: see
+/// [`PathMonitor::path_failed`].)
 fn is_path_error(e: &BlockError) -> bool {
     matches!(
         e,
@@ -126,7 +139,8 @@ fn is_path_error(e: &BlockError) -> bool {
 }
 
 impl PathMonitor {
-    /// The device of volume `label`: `direct` while it works, else `redirected`;
+    /// The device of volume `label`: `direct` while it works, else `redirected`
+    /// (`redirected_quick`, the same path with less patience, for the lock manager);
     /// `reregister` asks the lock manager for a new registration, `coordinates` says
     /// whether this node coordinates the volume. Starts the probe thread, which ends
     /// when the monitor is dropped.
@@ -134,6 +148,7 @@ impl PathMonitor {
         label: &str,
         direct: Arc<dyn BlockDevice>,
         redirected: Arc<dyn BlockDevice>,
+        redirected_quick: Arc<dyn BlockDevice>,
         reregister: Reregister,
         coordinates: Coordinates,
     ) -> Arc<PathMonitor> {
@@ -141,6 +156,7 @@ impl PathMonitor {
             label: label.to_string(),
             direct,
             redirected,
+            redirected_quick,
             mode: Mutex::new(Mode {
                 state: PathState::Direct,
                 reason: None,
@@ -260,21 +276,64 @@ impl PathMonitor {
         &self,
         op: &str,
         bytes: u64,
+        quick: bool,
         mut io: impl FnMut(&dyn BlockDevice) -> Result<T, BlockError>,
     ) -> Result<T, BlockError> {
         if !self.redirected_now() {
-            match io(self.direct.as_ref()) {
-                Ok(v) => {
-                    self.bytes_direct.fetch_add(bytes, Ordering::Relaxed);
-                    return Ok(v);
+            let mut again = true;
+            loop {
+                match io(self.direct.as_ref()) {
+                    Ok(v) => {
+                        self.bytes_direct.fetch_add(bytes, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Err(e) if is_path_error(&e) => match self.after_error(&e) {
+                        Direct::Failed => {
+                            self.lost_path(op, &e);
+                            break;
+                        }
+                        Direct::Registered if again => again = false,
+                        _ => return Err(e),
+                    },
+                    Err(e) => return Err(e),
                 }
-                Err(e) if is_path_error(&e) => self.lost_path(op, &e),
-                Err(e) => return Err(e),
             }
         }
-        let v = io(self.redirected.as_ref())?;
+        let redirected = if quick {
+            &self.redirected_quick
+        } else {
+            &self.redirected
+        };
+        let v = io(redirected.as_ref())?;
         self.bytes_redirected.fetch_add(bytes, Ordering::Relaxed);
         Ok(v)
+    }
+
+    /// What an I/O error `e` on the direct path says about the path. A write held
+    /// back for a registration that a reconnect may have cost (a target that
+    /// restarted, a reset) comes from a path that works: if it reads, the node is
+    /// asked to register again (unless it has meanwhile) and the I/O is not sent
+    /// elsewhere.
+    fn after_error(&self, e: &BlockError) -> Direct {
+        if !matches!(e, BlockError::PossiblyFenced { .. }) {
+            return Direct::Failed;
+        }
+        let mut block = vec![0u8; self.direct.block_size() as usize];
+        if self.direct.read_at(&mut block, 0).is_err() {
+            return Direct::Failed;
+        }
+        if self.direct.write_ready().is_ok() {
+            return Direct::Registered;
+        }
+        (self.reregister)();
+        Direct::Unregistered
+    }
+
+    /// The same device for the lock manager's own I/O: when redirected, an I/O waits
+    /// for a node to carry it out only briefly (the lock manager must go on, and
+    /// retries, while there is no coordinator to send to: it may be becoming one).
+    pub fn for_lock_manager(self: &Arc<Self>) -> Arc<dyn BlockDevice> {
+        Arc::new(LockManagerView(self.clone()))
     }
 
     /// One probe of the direct path while redirected for lack of it.
@@ -335,16 +394,18 @@ impl BlockDevice for PathMonitor {
         self.check_range(offset, buf.len())?;
         let len = buf.len() as u64;
         // A failed direct read leaves nothing the redirected one does not overwrite.
-        self.route("read", len, |d| d.read_at(buf, offset))
+        self.route("read", len, false, |d| d.read_at(buf, offset))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.check_range(offset, buf.len())?;
-        self.route("write", buf.len() as u64, |d| d.write_at(buf, offset))
+        self.route("write", buf.len() as u64, false, |d| {
+            d.write_at(buf, offset)
+        })
     }
 
     fn flush(&self) -> Result<(), BlockError> {
-        self.route("flush", 0, |d| d.flush())
+        self.route("flush", 0, false, |d| d.flush())
     }
 
     fn name(&self) -> &str {
@@ -369,5 +430,55 @@ impl BlockDevice for PathMonitor {
 
     fn write_ready(&self) -> Result<(), BlockError> {
         Ok(())
+    }
+}
+
+/// [`PathMonitor::for_lock_manager`].
+#[derive(Debug)]
+struct LockManagerView(Arc<PathMonitor>);
+
+impl BlockDevice for LockManagerView {
+    fn block_size(&self) -> u32 {
+        self.0.block_size()
+    }
+
+    fn capacity(&self) -> u64 {
+        self.0.capacity()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len())?;
+        let len = buf.len() as u64;
+        self.0.route("read", len, true, |d| d.read_at(buf, offset))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        self.check_range(offset, buf.len())?;
+        self.0
+            .route("write", buf.len() as u64, true, |d| d.write_at(buf, offset))
+    }
+
+    fn flush(&self) -> Result<(), BlockError> {
+        self.0.route("flush", 0, true, |d| d.flush())
+    }
+
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn persistent_reserve_out(&self, action: &PrOut) -> Result<(), BlockError> {
+        self.0.persistent_reserve_out(action)
+    }
+
+    fn read_keys(&self) -> Result<PrKeys, BlockError> {
+        self.0.read_keys()
+    }
+
+    fn read_reservation(&self) -> Result<Option<PrHolder>, BlockError> {
+        self.0.read_reservation()
+    }
+
+    fn path_generation(&self) -> u64 {
+        self.0.path_generation()
     }
 }
