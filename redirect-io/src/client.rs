@@ -8,7 +8,11 @@
 //! broken link loses, goes again once the route has something new, for up to the
 //! device's patience: callers see latency, not errors, while a coordinator changes.
 //! A write sent twice is harmless (the same bytes at the same place). A refusal for
-//! fencing is final: [`BlockError::Fenced`], as the LUN itself would answer.
+//! fencing is final: [`BlockError::Fenced`], as the LUN itself would answer. An I/O
+//! belongs to the node's life (incarnation) it began in: if the node has taken a new
+//! life before the I/O is carried out, it fails as fenced rather than going out as the
+//! new life (the old life's locks are gone: its write could land on data that others
+//! wrote since).
 //!
 //! The device's calls block their thread on the node's runtime: they must not be made
 //! from a thread of that runtime.
@@ -118,8 +122,15 @@ impl RedirectedDevice {
     ) -> Result<(), BlockError> {
         let deadline = Instant::now() + self.patience;
         let mut last = String::from("no node with a direct path is known yet");
+        let mut life = None;
         loop {
             if let Some(t) = self.route.target() {
+                if *life.get_or_insert(t.from.incarnation) != t.from.incarnation {
+                    return Err(BlockError::Fenced {
+                        op: what,
+                        lun: self.name.clone(),
+                    });
+                }
                 let (pieces, frames): (Vec<Piece>, Vec<Vec<u8>>) =
                     build(t.from).into_iter().unzip();
                 let answers = self.rt.block_on(async {

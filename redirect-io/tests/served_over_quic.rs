@@ -2,7 +2,8 @@
 //! sends its block I/O to n1, which serves it on a LUN (an image file) behind the
 //! coordinator's gate ([`redirect_io::cluster::admit`] over a coordinator's status).
 //! A fenced life of n2 is refused and nothing it wrote lands; a newer life is served,
-//! large I/O streamed in pieces; a sender of another epoch is never served.
+//! large I/O streamed in pieces; a sender of another epoch is never served; an I/O
+//! the node's life ends under fails as fenced.
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -196,6 +197,25 @@ fn a_fenced_life_is_refused_a_newer_one_served_and_another_epoch_never() {
     assert!(
         first.iter().all(|&b| b == 0),
         "a write of another epoch landed"
+    );
+
+    // An I/O that the node's life does not outlive: the node takes a new life while
+    // the write waits for an answer that serves it; the write fails as fenced, it does
+    // not go out as the new life.
+    let bump = {
+        let route = route.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            route.who.lock().incarnation = 6;
+        })
+    };
+    let e = dev.write_at(&data[..4096], 0).unwrap_err();
+    bump.join().unwrap();
+    assert!(matches!(e, BlockError::Fenced { .. }), "{e}");
+    lun.read_at(&mut first, 0).unwrap();
+    assert!(
+        first.iter().all(|&b| b == 0),
+        "a write of an earlier life landed"
     );
 
     // How fast redirected reads go here (printed, not asserted: see tools/bench-redirect).

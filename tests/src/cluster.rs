@@ -11,7 +11,7 @@ use lockmgr::control::{Client, NodeStatus};
 use lockmgr::shell::VolumeStatus;
 
 use crate::tgtd::{Tgtd, TgtdOptions, reserve_port, spawn_tied_to_process};
-use crate::{Scratch, bin, run_ok};
+use crate::{Scratch, bin, env_number, run_ok};
 
 /// Where a node runs: its QUIC address, and the network namespace it runs in.
 #[derive(Clone, Debug)]
@@ -202,7 +202,10 @@ impl Cluster {
             .arg(&node.name)
             .arg("--root")
             .arg(&node.root)
-            .env("CSVFS_LOG", "info")
+            .env(
+                "CSVFS_LOG",
+                std::env::var("CSVFS_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -312,7 +315,11 @@ impl Cluster {
         for (i, n) in self.nodes.iter().enumerate() {
             out.push_str(&format!("== {} : {:?}\n", n.name, self.volume_status(i)));
             let log = std::fs::read_to_string(&n.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(env_number("CSVFS_LOG_TAIL", 30) as usize)
+                .collect();
             for l in tail.into_iter().rev() {
                 out.push_str(l);
                 out.push('\n');

@@ -15,9 +15,22 @@ use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
 use csvfs_tests::netns::NetLab;
+use csvfs_tests::tgtd::Tgtd;
 use csvfs_tests::{Scratch, env_number, run_fsx};
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// Two nodes in `lab` with Volume1 mounted; returns the target, the cluster, the
+/// coordinator and the other node (the one whose cables the tests pull).
+fn two_nodes(lab: &NetLab, s: &Scratch) -> (Tgtd, Cluster, usize, usize) {
+    // A short command timeout: a cut path shows within seconds.
+    let (t, c) = Cluster::in_netlab(lab, 2, s, "Volume1", "&timeout=2");
+    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
+    let cut = 1 - coord;
+    c.wait_for_followers(&[cut], coord, LIMIT);
+    c.nodes[cut].wait_mounted("Volume1", LIMIT);
+    (t, c, coord, cut)
+}
 
 /// The path state of node `i` as its status shows it: (state, reason).
 fn path_state(c: &Cluster, i: usize) -> Option<(String, Option<String>)> {
@@ -47,12 +60,8 @@ fn a_follower_that_loses_its_lun_path_keeps_running_fsx_through_the_coordinator(
     let ops = env_number("CSVFS_REDIRECT_FSX_OPS", 20_000);
     let lab = NetLab::new(2);
     let s = Scratch::new();
-    // A short command timeout: a cut path shows within seconds.
-    let (_t, c) = Cluster::in_netlab(&lab, 2, &s, "Volume1", "&timeout=2");
-    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
-    let cut = 1 - coord;
-    c.wait_for_followers(&[cut], coord, LIMIT);
-    let mp = c.nodes[cut].wait_mounted("Volume1", LIMIT);
+    let (_t, c, _, cut) = two_nodes(&lab, &s);
+    let mp = c.nodes[cut].mount_point("Volume1");
     assert_eq!(path_state(&c, cut).unwrap().0, "Direct");
     let before = c.volume_status(cut).unwrap();
 
@@ -140,83 +149,102 @@ fn a_follower_that_loses_its_lun_path_keeps_running_fsx_through_the_coordinator(
     );
 }
 
-#[test]
-fn a_fenced_node_gets_its_redirected_writes_refused_and_rejoins_once_its_path_is_back() {
-    let lab = NetLab::new(2);
-    let s = Scratch::new();
-    let (_t, c) = Cluster::in_netlab(&lab, 2, &s, "Volume1", "&timeout=2");
-    let (coord, _) = c.wait_for_coordinator(&[0, 1], 0, LIMIT);
-    let cut = 1 - coord;
-    c.wait_for_followers(&[cut], coord, LIMIT);
-    c.nodes[cut].wait_mounted("Volume1", LIMIT);
-    let before = c.volume_status(cut).unwrap();
-
-    // No path to the LUN: the node's I/O (its disk heartbeat, at least) goes through
-    // the coordinator.
-    lab.storage_link(cut + 1, false);
-    wait_state(&c, cut, "BlockRedirected", LIMIT);
-    // Cut off from the coordinator too: the coordinator fences it.
-    lab.cluster_link(cut + 1, false);
-    let me = cut as u8 + 1;
+/// Waits until the coordinator `coord` has fenced node id `me` in its life `life` (or
+/// later); returns the incarnation up to which it refuses that node.
+fn wait_fenced(c: &Cluster, coord: usize, me: u8, life: u32) -> u32 {
     let deadline = Instant::now() + LIMIT;
-    let refused = loop {
+    loop {
         let v = c.volume_status(coord).unwrap_or_else(|| {
             let pid = c.nodes[coord].pid().unwrap_or(0);
             let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
                 .and_then(|s| s.lines().find(|l| l.starts_with("State")).map(String::from));
-            let err = lockmgr::control::Client::connect(&lockmgr::control::socket_path(
-                &c.nodes[coord].root.join("run/csvfs"),
-                &c.nodes[coord].name,
-            ))
-            .and_then(|mut cl| cl.status())
-            .err()
-            .map(|e| e.to_string());
             panic!(
-                "the coordinator (pid {pid}, {state:?}) does not answer: {err:?}\n{}",
+                "the coordinator (pid {pid}, {state:?}) does not answer\n{}",
                 c.describe()
             )
         });
-        if let Some(&(_, upto)) = v.refused.iter().find(|(n, _)| *n == me) {
-            break upto;
+        if let Some(&(_, upto)) = v.refused.iter().find(|&&(n, upto)| n == me && upto >= life) {
+            return upto;
         }
         assert!(
             Instant::now() < deadline,
-            "the coordinator did not fence {}: {v:?}\n{}",
-            c.nodes[cut].name,
+            "the coordinator did not fence node {me}: {v:?}\n{}",
             c.describe()
         );
         std::thread::sleep(Duration::from_millis(20));
-    };
-    println!(
-        "{} fenced by the coordinator up to incarnation {refused} (it was in {})",
-        c.nodes[cut].name, before.incarnation
-    );
-    assert!(refused >= before.incarnation);
+    }
+}
 
-    // Back on the cluster network, still without its own path: what it sends as the
-    // fenced life is refused, and it gives that life up.
-    lab.cluster_link(cut + 1, true);
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let log = std::fs::read_to_string(&c.nodes[coord].log).unwrap_or_default();
-        let v = c.volume_status(cut);
-        if log.contains("refused redirected I/O of a fenced node")
-            && let Some(v) = v.as_ref().filter(|v| v.incarnation > refused)
-        {
-            println!(
-                "the coordinator refused the fenced life's redirected I/O; {} is now in incarnation {} ({})",
-                c.nodes[cut].name, v.incarnation, v.role
+#[test]
+fn a_fenced_node_gets_its_redirected_writes_refused_and_rejoins_once_its_path_is_back() {
+    let lab = NetLab::new(2);
+    let s = Scratch::new();
+    let (_t, c, coord, cut) = two_nodes(&lab, &s);
+
+    // No path to the LUN: the node's I/O (its disk heartbeat, at least) goes through
+    // the coordinator.
+    lab.storage_link(cut + 1, false);
+    wait_state(&c, cut, "BlockRedirected", LIMIT);
+    // Cut off from the coordinator too: the coordinator fences it. Back on the cluster
+    // network, still without its own path: what it sends as the fenced life is
+    // refused, and it gives that life up. It may also learn of its fencing from the
+    // lock manager before any redirected I/O of the fenced life reaches the
+    // coordinator (then nothing is refused, since nothing was sent): the cut is made
+    // again, up to five times, until a refusal is seen.
+    let me = cut as u8 + 1;
+    let refusals = || {
+        std::fs::read_to_string(&c.nodes[coord].log)
+            .unwrap_or_default()
+            .matches("refused redirected I/O of a fenced node")
+            .count()
+    };
+    let mut seen = false;
+    for attempt in 1..=5 {
+        let life = c.volume_status(cut).unwrap().incarnation;
+        let earlier = refusals();
+        lab.cluster_link(cut + 1, false);
+        let upto = wait_fenced(&c, coord, me, life);
+        println!(
+            "attempt {attempt}: {} fenced by the coordinator up to incarnation {upto} (it was in {life})",
+            c.nodes[cut].name
+        );
+        lab.cluster_link(cut + 1, true);
+        let deadline = Instant::now() + LIMIT;
+        let v = loop {
+            let v = c.volume_status(cut);
+            if let Some(v) = v.as_ref().filter(|v| v.incarnation > upto) {
+                break v.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new life after the fencing: {v:?}\n{}",
+                c.describe()
             );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The refusal is logged before the refused node hears of it.
+        seen = refusals() > earlier;
+        println!(
+            "attempt {attempt}: {} is now in incarnation {} ({}); the coordinator {} its fenced life's redirected I/O",
+            c.nodes[cut].name,
+            v.incarnation,
+            v.role,
+            if seen { "refused" } else { "received none of" }
+        );
+        if seen {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no refusal of the fenced node's redirected I/O, or no new life: {v:?}\n{}",
-            c.describe()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        c.wait_for_followers(&[cut], coord, LIMIT);
+        // The coordinator fences a node as it last heard of it: before the next cut it
+        // must have heard the new life (heartbeats go every 200 ms).
+        std::thread::sleep(Duration::from_secs(1));
     }
+    assert!(
+        seen,
+        "in five fencings, no redirected I/O of a fenced life was refused\n{}",
+        c.describe()
+    );
 
     // Its path back: it registers and works directly again.
     lab.storage_link(cut + 1, true);

@@ -678,6 +678,7 @@ impl Node {
     fn fence_member_upto(&mut self, node: NodeId, upto: u32) {
         let c = self.coord.as_mut().expect("coordinating");
         if c.fencing.insert(node) {
+            tracing::info!(node = self.id, member = node, upto, "fencing a member");
             self.queue_disk(DiskOp::ReadKeys, Purpose::FindKeysOf(node, upto));
         }
     }
@@ -689,11 +690,25 @@ impl Node {
             && c.fenced.get(&from).is_some_and(|i| incarnation <= *i)
         {
             // A fenced incarnation: nothing it says counts.
+            tracing::debug!(
+                node = self.id,
+                from,
+                incarnation,
+                "message of a fenced life dropped"
+            );
             return;
         }
         match self.peer_incarnation.get(&from).copied() {
             // A message of an earlier life, overtaken by the new one's: stale.
-            Some(k) if incarnation < k => return,
+            Some(k) if incarnation < k => {
+                tracing::debug!(
+                    node = self.id,
+                    from,
+                    incarnation,
+                    "message of an earlier life dropped"
+                );
+                return;
+            }
             Some(k) if incarnation > k => self.new_life(now, from),
             _ => {}
         }
@@ -912,6 +927,12 @@ impl Node {
         let Some(c) = self.coord.as_mut() else {
             return;
         };
+        tracing::info!(
+            node = self.id,
+            member = node,
+            earlier = self.peer_incarnation.get(&node).copied(),
+            "a member's new life"
+        );
         c.drop_at.retain(|(n, _)| *n != node);
         c.fencing.remove(&node);
         // Its earlier life's locks went with that life.
@@ -1264,8 +1285,18 @@ impl Node {
             return;
         };
         c.ranges_unknown.remove(&node);
+        let before = c.fenced.get(&node).copied();
         let fenced = c.fenced.entry(node).or_insert(incarnation);
         *fenced = (*fenced).max(incarnation);
+        if before != Some(*fenced) {
+            // (A node that stays away is fenced again every fencing timeout: logged once.)
+            tracing::info!(
+                node = self.id,
+                member = node,
+                upto = *fenced,
+                "member fenced"
+            );
+        }
         if self
             .peer_incarnation
             .get(&node)
