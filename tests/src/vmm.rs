@@ -1,7 +1,79 @@
 //! Driving `vmm` from tests and benchmarks: creating a test-guest VM, reading `vmm
-//! list`, and reading the figures of `vmm migrate`'s report.
+//! list`, waiting for what it shows, finding a migration's incoming VM process, and
+//! reading the figures of `vmm migrate`'s report.
 
-use crate::{bin, run_ok};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::{bin, run, run_ok};
+
+/// Fails the test, saying why, on a machine without KVM.
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test runs VMs and needs /dev/kvm (load kvm_intel or kvm_amd)"
+    );
+}
+
+/// Waits (up to a minute) until `vm`'s row in `vmm list` on the node with root `root`
+/// satisfies `done`; `what` says what for the failure message.
+pub fn wait_row(
+    root: &str,
+    vm: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = vm_row(root, vm);
+        if done(&row) {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The test guest's counter in a `vmm list` row.
+pub fn counter(row: &serde_json::Value) -> u64 {
+    row["guest"]["counter"].as_u64().unwrap_or(0)
+}
+
+/// How many records the test guest has written, in a `vmm list` row.
+pub fn records(row: &serde_json::Value) -> u64 {
+    row["guest"]["records"].as_u64().unwrap_or(0)
+}
+
+/// The pid of a VM process waiting for an incoming migration as the node with root
+/// `node_root`, if there is one.
+pub fn incoming_process(node_root: &Path) -> Option<i32> {
+    let needle = node_root.display().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(" run ") && cmd.contains("--incoming-from") && cmd.contains(&needle))
+                .then_some(pid)
+        })
+}
+
+/// Stops VM web1 (from the node with root `root`) when dropped, so that a test that
+/// fails while it runs leaves nodes that can unmount.
+pub struct StopVm<'a> {
+    pub root: &'a str,
+}
+
+impl Drop for StopVm<'_> {
+    fn drop(&mut self) {
+        let _ = run(&bin("vmm"), &["stop", "web1", "--root", self.root]);
+    }
+}
 
 /// Creates VM `name` (the test guest, a 64 MiB disk) on Volume1 of the node with root
 /// `root`, with `memory` and a dirty rate of `dirty` (as `vmm create` takes them).

@@ -11,46 +11,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::vmm::{MigrationReport, create_test_vm, vm_row};
+use csvfs_tests::vmm::{
+    MigrationReport, StopVm, counter, create_test_vm, incoming_process, records, require_kvm,
+    vm_row, wait_row,
+};
 use csvfs_tests::{Scratch, bin, require_root_and_fuse, run, run_ok};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "this test runs VMs and needs /dev/kvm (load kvm_intel or kvm_amd)"
-    );
-}
-
-/// Waits until `vm`'s row satisfies `done`.
-fn wait_row(
-    root: &str,
-    vm: &str,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let row = vm_row(root, vm);
-        if done(&row) {
-            return row;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {row}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn counter(row: &serde_json::Value) -> u64 {
-    row["guest"]["counter"].as_u64().unwrap_or(0)
-}
-
-fn records(row: &serde_json::Value) -> u64 {
-    row["guest"]["records"].as_u64().unwrap_or(0)
-}
 
 #[test]
 fn a_vm_runs_on_one_node_and_moves_by_quick_migration() {
@@ -459,32 +426,11 @@ fn a_busy_guest_migrates_back_and_forth_on_a_tgtd_lun() {
 /// Kills the VM process that waits for web1 on the node with root `node_root` (the
 /// test started it, through `vmm migrate`). Returns whether it found it.
 fn kill_incoming(node_root: &Path) -> bool {
-    let needle = node_root.display().to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(" run ") && cmd.contains("--incoming-from") && cmd.contains(&needle) {
-            // SAFETY: kill has no memory-safety preconditions; the pid is the VM
-            // process this test started through vmm migrate.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            return true;
-        }
-    }
-    false
-}
-
-/// Stops the VM if the test fails while it runs, so that the nodes can unmount.
-struct StopVm<'a> {
-    root: &'a str,
-}
-
-impl Drop for StopVm<'_> {
-    fn drop(&mut self) {
-        let _ = run(&bin("vmm"), &["stop", "web1", "--root", self.root]);
-    }
+    let Some(pid) = incoming_process(node_root) else {
+        return false;
+    };
+    // SAFETY: kill has no memory-safety preconditions; the pid is the VM process this
+    // test started through vmm migrate.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    true
 }
