@@ -215,6 +215,15 @@ pub enum ConfigError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// There is no file at the path.
+    #[error(
+        "{path}: no cluster configuration there: make one with `csvctl cluster init`, or give its path with --config",
+        path = .path.display()
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not valid TOML or does not have the expected keys and types.
     #[error("{path}:{line}:{column}: {message}", path = .path.display())]
     Syntax {
@@ -385,9 +394,17 @@ impl Config {
 
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ConfigError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         Config::parse(&text, path)
     }
@@ -804,15 +821,6 @@ address = "[::1]:7001"
     }
 
     #[test]
-    fn missing_file_names_the_file() {
-        let e = Config::load(Path::new("/nonexistent/cluster.toml")).unwrap_err();
-        assert!(
-            e.to_string() == "/nonexistent/cluster.toml" && std::error::Error::source(&e).is_some(),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn rejects_bad_cluster_names() {
         for bad in ["", "Prod", "a_b", "-a", "a-", &"x".repeat(64)] {
             let p = problem(&GOOD.replace("name = \"prod\"", &format!("name = {bad:?}")));
@@ -963,6 +971,21 @@ address = "[::1]:7001"
         assert_eq!(
             e,
             "/etc/csvfs/cluster.toml: no [[node]]: a cluster has at least one node"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_says_how_to_make_one() {
+        let e = Config::load(Path::new("/nonexistent/cluster.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/cluster.toml: no cluster configuration there"),
+            "{e}"
+        );
+        assert!(
+            e.contains("csvctl cluster init") && !e.contains('\n'),
+            "{e}"
         );
     }
 
