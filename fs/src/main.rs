@@ -6,7 +6,7 @@ use csvfs::{mount, mount_helper, node, options};
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Cluster Shared Volumes for Linux: the node daemon.
 #[derive(Parser)]
@@ -54,6 +54,11 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() {
@@ -66,6 +71,10 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "csvfs", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Node { config, name, root } => {
             init_logging();
             node::run(node::NodeRequest { config, name, root })

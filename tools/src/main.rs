@@ -8,7 +8,7 @@ mod mkfs;
 mod volume;
 mod volume_redirect;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// csvfs administration.
 #[derive(Parser)]
@@ -33,6 +33,11 @@ enum Command {
     /// Volume administration.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn program_name() -> String {
@@ -81,6 +86,15 @@ fn main() {
             }
             Command::Volume(volume::VolumeCommand::Status(a)) => {
                 exit_on_error("csvctl volume status", volume::status(a));
+                0
+            }
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "csvctl",
+                    &mut std::io::stdout(),
+                );
                 0
             }
             Command::Volume(volume::VolumeCommand::Redirect(a)) => {

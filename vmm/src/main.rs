@@ -6,7 +6,7 @@ mod commands;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Virtual machines on csvfs shared volumes.
 #[derive(Parser)]
@@ -38,6 +38,11 @@ enum Command {
     /// Create, import, export and inspect VHD disks.
     #[command(subcommand)]
     Disk(commands::disk::DiskCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// The VM process itself (started by `start` and `restore`).
     #[command(hide = true)]
     Run(commands::run::RunArgs),
@@ -56,6 +61,10 @@ fn main() -> ExitCode {
         Command::Migrate(args) => commands::migrate::run(args),
         Command::Disk(cmd) => commands::disk::run(cmd),
         Command::Run(args) => commands::run::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vmm", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
