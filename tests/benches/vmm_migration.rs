@@ -2,7 +2,10 @@
 //! a tgtd LUN: live migration (`vmm migrate`, a 300 ms downtime limit) of the
 //! bundled test guest at several dirty rates, ROUNDS moves each, alternating between
 //! the nodes, and quick migration (`vmm save`, then `vmm restore --on` the other node).
-//! Prints a Markdown table of medians for docs/benchmarks.md.
+//! Prints a Markdown table of medians for docs/benchmarks.md, and beside it the
+//! reference for how fast memory moves: bulk data on the cluster's own QUIC transport
+//! ([`csvfs_tests::quic_bulk`]), measured 3 times before the migrations and 3 times
+//! after.
 //!
 //! Run it with tools/bench-vmm (it builds the binaries first). ROUNDS (default 5),
 //! MEMORY_MB (default 256), RATES_MB (dirty MiB/s, default "0,16,64"), DOWNTIME_MS
@@ -12,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
+use csvfs_tests::quic_bulk::bulk_mib_per_s;
 use csvfs_tests::vmm::{MigrationReport, create_test_vm, number_after, vm_row};
 use csvfs_tests::{Scratch, bin, env_number, median, run_ok};
 
@@ -65,10 +69,11 @@ fn main() {
         c.nodes[1].root.display().to_string(),
     ];
     let vmm = bin("vmm");
-    println!(
-        "| dirty rate | live: downtime | live: total | live: rounds | live: MiB sent | quick: downtime |"
-    );
-    println!("|---|---|---|---|---|---|");
+    let mut bulk: Vec<f64> = (0..3)
+        .map(|_| bulk_mib_per_s(&c.config, "n1", "n2", 512))
+        .collect();
+    let mut rows = Vec::new();
+    let mut rates_moved = Vec::new();
     for rate in rates {
         let vm = format!("bench{rate}");
         let mem = format!("{memory}M");
@@ -79,8 +84,8 @@ fn main() {
             &["start", &vm, "--root", &roots[0], "--config", &config],
         );
         let mut records = wait_running(&roots[0], &vm, "n1", 3);
-        let (mut down, mut total, mut rnds, mut mib) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut down, mut total, mut rnds, mut mib, mut speed) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut on = 0;
         for _ in 0..rounds {
             let to = 1 - on;
@@ -104,6 +109,7 @@ fn main() {
             total.push(r.total_ms);
             rnds.push(r.rounds);
             mib.push(r.bytes / (1 << 20) as f64);
+            speed.push(r.bytes / (1 << 20) as f64 / (r.total_ms / 1000.0));
             on = to;
             records = wait_running(&roots[0], &vm, &format!("n{}", on + 1), records + 3);
         }
@@ -136,13 +142,34 @@ fn main() {
             &vmm,
             &["stop", &vm, "--root", &roots[0], "--config", &config],
         );
-        println!(
-            "| {rate} MiB/s | {:.0} ms | {:.0} ms | {:.0} | {:.1} | {:.0} ms |",
+        let moved = median(speed);
+        rates_moved.push((rate, moved));
+        rows.push(format!(
+            "| {rate} MiB/s | {:.0} ms | {:.0} ms | {:.0} | {:.1} | {moved:.0} | {:.0} ms |",
             median(down),
             median(total),
             median(rnds),
             median(mib),
             median(quick)
+        ));
+    }
+    bulk.extend((0..3).map(|_| bulk_mib_per_s(&c.config, "n2", "n1", 512)));
+    let reference = median(bulk.clone());
+    println!(
+        "| dirty rate | live: downtime | live: total | live: rounds | live: MiB sent | live: MiB/s (sent / total) | quick: downtime |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!();
+    println!(
+        "bulk on the cluster's QUIC transport (512 MiB, 1 MiB frames, one stream): median {reference:.0} MiB/s of {bulk:.0?}"
+    );
+    for (rate, moved) in rates_moved {
+        println!(
+            "live migration at {rate} MiB/s dirtied: memory moved at {moved:.0} MiB/s = {:.2} of the bulk reference",
+            moved / reference
         );
     }
     drop(c);

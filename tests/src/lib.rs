@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod quic_bulk;
 pub mod tcp_cut;
 pub mod tgtd;
 pub mod vmm;

@@ -103,7 +103,10 @@ fn a_migration_whose_network_is_cut_leaves_the_vm_running_on_the_source() {
         "the move succeeded with its network cut"
     );
     assert!(
-        err.contains(&format!("migration of VM web1 to {dst_name} failed")),
+        err.contains(&format!("migration of VM web1 to {dst_name} failed"))
+            && err
+                .trim_end()
+                .ends_with(&format!("; it runs on {src_name}")),
         "{err}"
     );
     assert!(took < LIMIT, "the move took {took:?} to fail");

@@ -119,7 +119,18 @@ pub fn run(a: MigrateArgs) -> Result<()> {
                 Ok(r) => format!("unexpected answer {r:?}"),
                 Err(e) => format!("{e:#}"),
             };
-            bail!("migration of VM {} to {} failed: {why}", vm.name, a.to)
+            let now = match vmm::runner::lease::running(&dir) {
+                Some(r) => format!("it runs on {}", r.node),
+                None => format!(
+                    "it runs nowhere now: `vmm start {}` starts it again",
+                    vm.name
+                ),
+            };
+            bail!(
+                "migration of VM {} to {} failed: {why}; {now}",
+                vm.name,
+                a.to
+            )
         }
     }
 }
