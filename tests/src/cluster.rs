@@ -297,11 +297,7 @@ impl Cluster {
             args.extend(["--root", r]);
         }
         let out = crate::run(&bin("csvctl"), &args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::output_text(&out);
         assert!(
             out.status.success(),
             "csvctl volume redirect {mode}: {text}"

@@ -84,6 +84,15 @@ pub fn run(program: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
 }
 
+/// What a finished program printed: its stdout, then its stderr.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs a program that must succeed; returns its stdout.
 pub fn run_ok(program: &Path, args: &[&str]) -> String {
     let out = run(program, args);
@@ -294,11 +303,7 @@ pub fn fsck(lun: &Path, repair: bool) -> (i32, String) {
     }
     args.push(lun.to_str().expect("utf-8"));
     let out = run(&bin("fsck.csvfs"), &args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -359,11 +364,7 @@ pub fn run_fsx(file: &Path, seed: u64, ops: u64) -> (bool, String) {
         .arg(file)
         .output()
         .expect("run fsx");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     (
         out.status.success() && text.contains("All operations completed A-OK!"),
         text,
@@ -389,11 +390,7 @@ pub fn run_pjdfstest(dir: &Path) -> (String, String) {
         .current_dir(dir)
         .output()
         .expect("run pjdfstest");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     let summary = text
         .lines()
         .rev()

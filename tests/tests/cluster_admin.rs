@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::{Scratch, bin, run, run_ok};
+use csvfs_tests::{Scratch, bin, output_text, run, run_ok};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -106,10 +106,5 @@ fn status_in_use_checks_and_a_differing_configuration() {
         n.stop();
     }
     let out = run(&bin("fsck.csvfs"), &[&lun_s]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", output_text(&out));
 }

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use csvfs_tests::{bin_dir, require_root_and_fuse};
+use csvfs_tests::vmm::require_kvm;
+use csvfs_tests::{bin_dir, output_text, require_root_and_fuse};
 
 const WORK: &str = "/var/tmp/csvfs-demo";
 
@@ -16,11 +17,7 @@ fn run_demo() -> String {
         .env("CSVFS_BIN_DIR", bin_dir())
         .output()
         .expect("run tools/demo");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "tools/demo failed:\n{text}");
     text
 }
@@ -48,10 +45,7 @@ fn leftovers() -> Vec<String> {
 #[test]
 fn the_demo_shares_a_volume_between_two_nodes_and_moves_a_running_vm() {
     require_root_and_fuse();
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the demo runs a VM: this test needs /dev/kvm"
-    );
+    require_kvm();
     for round in 1..=2 {
         let out = run_demo();
         println!("--- tools/demo, run {round}:\n{out}");

@@ -159,8 +159,15 @@ fn wait_fenced(c: &Cluster, coord: usize, me: u8, life: u32) -> u32 {
             let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
                 .and_then(|s| s.lines().find(|l| l.starts_with("State")).map(String::from));
+            let err = lockmgr::control::Client::connect(&lockmgr::control::socket_path(
+                &c.nodes[coord].root.join("run/csvfs"),
+                &c.nodes[coord].name,
+            ))
+            .and_then(|mut cl| cl.status())
+            .err()
+            .map(|e| e.to_string());
             panic!(
-                "the coordinator (pid {pid}, {state:?}) does not answer\n{}",
+                "the coordinator (pid {pid}, {state:?}) does not answer: {err:?}\n{}",
                 c.describe()
             )
         });

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use csvfs_tests::bin;
+use csvfs_tests::{bin, output_text};
 
 #[test]
 fn the_node_unit_passes_systemd_analyze_verify() {
@@ -25,11 +25,7 @@ fn the_node_unit_passes_systemd_analyze_verify() {
         .arg(dir.path().join("csvfs-node@n1.service"))
         .output()
         .expect("systemd-analyze (Debian package systemd) must be installed for this test");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = output_text(&out);
     assert!(
         out.status.success(),
         "systemd-analyze verify failed: {said}"

@@ -678,7 +678,9 @@ impl Node {
     fn fence_member_upto(&mut self, node: NodeId, upto: u32) {
         let c = self.coord.as_mut().expect("coordinating");
         if c.fencing.insert(node) {
-            tracing::info!(node = self.id, member = node, upto, "fencing a member");
+            // Debug: a node that stays away is fenced again every fencing timeout;
+            // "member fenced" says it once.
+            tracing::debug!(node = self.id, member = node, upto, "fencing a member");
             self.queue_disk(DiskOp::ReadKeys, Purpose::FindKeysOf(node, upto));
         }
     }
