@@ -162,10 +162,18 @@ fn a_fenced_life_is_refused_a_newer_one_served_and_another_epoch_never() {
         Duration::from_secs(2),
     );
 
+    // The connection first, so that its handshake does not count against the device's
+    // 2 s patience of the first I/O (on a loaded machine it once did: CI).
+    rt.block_on(route.open(1)).expect("a stream to n1");
+
     // The fenced life: refused, and nothing lands.
     let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
     let e = dev.write_at(&data, 1 << 20).unwrap_err();
-    assert!(matches!(e, BlockError::Fenced { .. }), "{e}");
+    assert!(
+        matches!(e, BlockError::Fenced { .. }),
+        "{e}: {:?}",
+        std::error::Error::source(&e).map(|s| s.to_string())
+    );
     let mut back = vec![1u8; data.len()];
     lun.read_at(&mut back, 1 << 20).unwrap();
     assert!(back.iter().all(|&b| b == 0), "a fenced write landed");
