@@ -197,7 +197,9 @@ async fn precopy_and_hand_over(
         todo = dirty_pages(machine)?;
         let bandwidth = (bytes as f64 / secs).max(1.0);
         let remaining_bytes = todo.len() as u64 * PAGE as u64;
-        let estimated_ms = (remaining_bytes as f64 / bandwidth * 1000.0) as u64;
+        // Compared unrounded: a limit of 0 ms is met only by an empty dirty set.
+        let estimate_ms = remaining_bytes as f64 / bandwidth * 1000.0;
+        let estimated_ms = estimate_ms.ceil() as u64;
         (s.progress)(&Progress {
             round,
             pages: n,
@@ -209,7 +211,7 @@ async fn precopy_and_hand_over(
             elapsed_ms: start.elapsed().as_millis() as u64,
             throttle_percent: s.throttle.share(),
         });
-        if estimated_ms <= to.downtime_ms || round >= MAX_ROUNDS {
+        if estimate_ms <= to.downtime_ms as f64 || round >= MAX_ROUNDS {
             break;
         }
         // Auto-converge: a round that leaves more than half of what it sent dirty
