@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::throttle::Throttle;
-use super::wire::{MAX_PAGES_PER_MESSAGE, Message, PAGE};
+use super::wire::{MAX_PAGES_PER_MESSAGE, Message, PAGE, PagesFrame};
 use super::{MigrationError, failed, prepare, recv, send};
 use crate::machine::memory::{ram_size, snapshot, take_vmm_dirty};
 use crate::machine::{Machine, state_codec};
@@ -332,31 +332,27 @@ async fn send_pages(
     skip_zero: bool,
 ) -> Result<(u64, u64), MigrationError> {
     let ram = machine.ram();
-    let mut batch = Vec::with_capacity(MAX_PAGES_PER_MESSAGE);
+    let mut frame = PagesFrame::new();
     let (mut n, mut bytes) = (0u64, 0u64);
     for &p in list {
-        let mut page = Box::new([0u8; PAGE]);
-        ram.read_slice(&mut page[..], GuestAddress(p * PAGE as u64))
-            .map_err(|e| failed(format!("cannot read guest page {p}: {e}")))?;
-        let zero = page.iter().all(|&b| b == 0);
-        if zero && skip_zero {
-            continue;
-        }
-        batch.push((p, (!zero).then_some(page)));
-        if batch.len() == MAX_PAGES_PER_MESSAGE {
-            let m = Message::Pages(std::mem::take(&mut batch));
-            let e = m.encode();
+        frame.push(p, skip_zero, |buf| {
+            ram.read_slice(buf, GuestAddress(p * PAGE as u64))
+                .map_err(|e| failed(format!("cannot read guest page {p}: {e}")))
+        })?;
+        if frame.len() == MAX_PAGES_PER_MESSAGE {
+            let full = std::mem::take(&mut frame);
+            n += full.len() as u64;
+            let e = full.finish();
             bytes += e.len() as u64;
-            n += MAX_PAGES_PER_MESSAGE as u64;
             stream
                 .send(&e)
                 .await
                 .map_err(|e| failed(format!("cannot send pages: {e}")))?;
         }
     }
-    if !batch.is_empty() {
-        n += batch.len() as u64;
-        let e = Message::Pages(batch).encode();
+    if !frame.is_empty() {
+        n += frame.len() as u64;
+        let e = frame.finish();
         bytes += e.len() as u64;
         stream
             .send(&e)

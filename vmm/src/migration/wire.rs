@@ -17,6 +17,75 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// The longest name or error text carried.
 const MAX_TEXT: usize = 4096;
 
+/// A `Pages` message built in place: page contents are read straight into the frame
+/// (no page is copied twice or allocated on its own). Its bytes are those of
+/// [`Message::Pages`] with the same pages.
+pub struct PagesFrame {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl Default for PagesFrame {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PagesFrame {
+    /// An empty message.
+    pub fn new() -> PagesFrame {
+        let mut bytes = Vec::with_capacity(5 + MAX_PAGES_PER_MESSAGE * (9 + PAGE));
+        bytes.push(T_PAGES);
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        PagesFrame { bytes, count: 0 }
+    }
+
+    /// How many pages it holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds no page.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds page `n`, whose contents `fill` writes into the buffer it is given (an
+    /// error leaves the message as it was). A page of zeros goes as a marker, or not
+    /// at all if `skip_zero`. Returns whether the page was added.
+    pub fn push<E>(
+        &mut self,
+        n: u64,
+        skip_zero: bool,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&n.to_le_bytes());
+        self.bytes.push(1);
+        self.bytes.resize(start + 9 + PAGE, 0);
+        if let Err(e) = fill(&mut self.bytes[start + 9..]) {
+            self.bytes.truncate(start);
+            return Err(e);
+        }
+        if self.bytes[start + 9..].iter().all(|&b| b == 0) {
+            if skip_zero {
+                self.bytes.truncate(start);
+                return Ok(false);
+            }
+            self.bytes.truncate(start + 9);
+            self.bytes[start + 8] = 0;
+        }
+        self.count += 1;
+        Ok(true)
+    }
+
+    /// The frame's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.bytes[1..5].copy_from_slice(&self.count.to_le_bytes());
+        self.bytes
+    }
+}
+
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -233,6 +302,37 @@ pub fn check_untrusted(bytes: &[u8]) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pages_frame_is_the_pages_message() {
+        let page = |b: u8| {
+            let mut p = Box::new([0u8; PAGE]);
+            p[7] = b;
+            p
+        };
+        let mut f = PagesFrame::new();
+        let fill = |b: u8| {
+            move |buf: &mut [u8]| -> Result<(), ()> {
+                buf.fill(0);
+                buf[7] = b;
+                Ok(())
+            }
+        };
+        assert!(f.push(3, false, fill(1)).unwrap());
+        assert!(f.push(4, false, fill(0)).unwrap());
+        assert!(!f.push(5, true, fill(0)).unwrap());
+        assert!(f.push(9, true, fill(2)).unwrap());
+        assert!(f.push(10, false, |_: &mut [u8]| Err(())).is_err());
+        assert_eq!(f.len(), 3);
+        let bytes = f.finish();
+        let expected = Message::Pages(vec![(3, Some(page(1))), (4, None), (9, Some(page(2)))]);
+        assert_eq!(bytes, expected.encode());
+        assert_eq!(Message::decode(&bytes).unwrap(), expected);
+        assert_eq!(
+            PagesFrame::new().finish(),
+            Message::Pages(Vec::new()).encode()
+        );
+    }
 
     fn samples() -> Vec<Message> {
         let mut page = Box::new([0u8; PAGE]);
