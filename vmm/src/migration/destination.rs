@@ -10,8 +10,8 @@ use std::path::Path;
 
 use lockmgr::{Config, Endpoint, FramedStream};
 
-use super::wire::{Message, PAGE};
-use super::{MigrationError, STEP_TIMEOUT, failed, prepare, recv, send};
+use super::wire::{Message, PAGE, borrow_pages};
+use super::{MigrationError, STEP_TIMEOUT, failed, prepare, recv, recv_frame, send};
 use crate::devices::Devices;
 use crate::devices::serial::ConsoleSink;
 use crate::machine::memory::snapshot;
@@ -135,25 +135,25 @@ async fn run(
     let zeros = [0u8; PAGE];
     let mut expected_hash = None;
     let state = loop {
-        match recv(stream, "memory pages").await? {
-            Message::Verify(hash) => expected_hash = Some(hash),
-            Message::Pages(pages) => {
-                for (p, data) in pages {
-                    let at = p
-                        .checked_mul(PAGE as u64)
-                        .filter(|&a| a + PAGE as u64 <= inc.memory_bytes)
-                        .ok_or_else(|| failed(format!("page {p} is outside the VM's memory")))?;
-                    let bytes: &[u8] = match &data {
-                        Some(d) => &d[..],
-                        None => &zeros,
-                    };
-                    machine
-                        .ram()
-                        .write_slice(bytes, GuestAddress(at))
-                        .map_err(|e| failed(format!("cannot write guest page {p}: {e}")))?;
-                }
+        // Pages are most of what comes: written into guest memory from the frame.
+        let frame = recv_frame(stream, "memory pages").await?;
+        if let Some(pages) = borrow_pages(&frame).map_err(failed)? {
+            for (p, data) in pages {
+                let at = p
+                    .checked_mul(PAGE as u64)
+                    .filter(|&a| a + PAGE as u64 <= inc.memory_bytes)
+                    .ok_or_else(|| failed(format!("page {p} is outside the VM's memory")))?;
+                machine
+                    .ram()
+                    .write_slice(data.unwrap_or(&zeros), GuestAddress(at))
+                    .map_err(|e| failed(format!("cannot write guest page {p}: {e}")))?;
             }
+            continue;
+        }
+        match Message::decode(&frame).map_err(failed)? {
+            Message::Verify(hash) => expected_hash = Some(hash),
             Message::State(s) => break s,
+            Message::Failed(why) => return Err(MigrationError::PeerFailed(why)),
             other => {
                 return Err(failed(format!("the source sent {other:?} during the copy")));
             }

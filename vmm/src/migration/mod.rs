@@ -47,27 +47,29 @@ async fn send(stream: &mut FramedStream, m: &Message) -> Result<(), MigrationErr
 
 /// Receives one message, within [`STEP_TIMEOUT`]; a `Failed` from the peer is an error.
 async fn recv(stream: &mut FramedStream, waiting_for: &str) -> Result<Message, MigrationError> {
-    let frame = match tokio::time::timeout(STEP_TIMEOUT, stream.recv()).await {
-        Err(_) => {
-            return Err(failed(format!(
-                "the peer sent nothing for {STEP_TIMEOUT:?} (waiting for {waiting_for})"
-            )));
-        }
-        Ok(Err(e)) => {
-            return Err(failed(format!(
-                "the connection failed waiting for {waiting_for}: {e}"
-            )));
-        }
-        Ok(Ok(None)) => {
-            return Err(failed(format!(
-                "the peer closed the stream before {waiting_for}"
-            )));
-        }
-        Ok(Ok(Some(f))) => f,
-    };
+    let frame = recv_frame(stream, waiting_for).await?;
     match Message::decode(&frame).map_err(failed)? {
         Message::Failed(why) => Err(MigrationError::PeerFailed(why)),
         m => Ok(m),
+    }
+}
+
+/// Receives the next frame, undecoded, within [`STEP_TIMEOUT`].
+async fn recv_frame(
+    stream: &mut FramedStream,
+    waiting_for: &str,
+) -> Result<Vec<u8>, MigrationError> {
+    match tokio::time::timeout(STEP_TIMEOUT, stream.recv()).await {
+        Err(_) => Err(failed(format!(
+            "the peer sent nothing for {STEP_TIMEOUT:?} (waiting for {waiting_for})"
+        ))),
+        Ok(Err(e)) => Err(failed(format!(
+            "the connection failed waiting for {waiting_for}: {e}"
+        ))),
+        Ok(Ok(None)) => Err(failed(format!(
+            "the peer closed the stream before {waiting_for}"
+        ))),
+        Ok(Ok(Some(f))) => Ok(f),
     }
 }
 

@@ -8,6 +8,8 @@
 //! then (once the destination said `Ready`) `LeaseReleased`. Destination to source:
 //! `Ready`, then `Running`, or `Failed` at any point.
 
+use crate::machine::memory::is_zero;
+
 /// A guest page.
 pub const PAGE: usize = 4096;
 /// The most pages one `Pages` message carries.
@@ -67,7 +69,7 @@ impl PagesFrame {
             self.bytes.truncate(start);
             return Err(e);
         }
-        if self.bytes[start + 9..].iter().all(|&b| b == 0) {
+        if is_zero(&self.bytes[start + 9..]) {
             if skip_zero {
                 self.bytes.truncate(start);
                 return Ok(false);
@@ -188,31 +190,18 @@ impl Message {
                 downtime_ms: r.u64("the downtime limit")?,
             },
             T_PAGES => {
-                let n = r.u32("the page count")? as usize;
-                if n > MAX_PAGES_PER_MESSAGE {
-                    return Err(WireError(format!(
-                        "{n} pages in one message, more than {MAX_PAGES_PER_MESSAGE}"
-                    )));
-                }
-                let mut pages = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let page = r.u64("a page number")?;
-                    let data = match r.take(1, "a page's kind")?[0] {
-                        0 => None,
-                        1 => {
-                            let mut d = Box::new([0u8; PAGE]);
-                            d.copy_from_slice(r.take(PAGE, "a page's contents")?);
-                            Some(d)
-                        }
-                        k => {
-                            return Err(WireError(format!(
-                                "page kind {k}, not 0 (zeros) or 1 (data)"
-                            )));
-                        }
-                    };
-                    pages.push((page, data));
-                }
-                Message::Pages(pages)
+                let pages = read_pages(&mut r)?;
+                Message::Pages(
+                    pages
+                        .into_iter()
+                        .map(|(n, data)| {
+                            (
+                                n,
+                                data.map(|d| Box::new(d.try_into().expect("a whole page"))),
+                            )
+                        })
+                        .collect(),
+                )
             }
             T_STATE => {
                 let all = r.take(rest.len(), "the state")?;
@@ -235,6 +224,54 @@ impl Message {
         }
         Ok(m)
     }
+}
+
+/// A `Pages` frame read in place: the pages' contents are borrowed from the frame
+/// (nothing copied or allocated per page), for the destination to write straight into
+/// guest memory.
+pub type BorrowedPages<'a> = Vec<(u64, Option<&'a [u8]>)>;
+
+/// The pages of `frame` if it is a `Pages` message (checked as [`Message::decode`]
+/// checks it), `None` if it is another message.
+pub fn borrow_pages(frame: &[u8]) -> Result<Option<BorrowedPages<'_>>, WireError> {
+    let Some((&T_PAGES, rest)) = frame.split_first() else {
+        return Ok(None);
+    };
+    let mut r = Reader { b: rest, at: 0 };
+    let pages = read_pages(&mut r)?;
+    if r.at != rest.len() {
+        return Err(WireError(format!(
+            "{} bytes after the message",
+            rest.len() - r.at
+        )));
+    }
+    Ok(Some(pages))
+}
+
+/// The body of a `Pages` message: a count, then per page its number, its kind (0:
+/// zeros, 1: data) and for data its contents.
+fn read_pages<'a>(r: &mut Reader<'a>) -> Result<BorrowedPages<'a>, WireError> {
+    let n = r.u32("the page count")? as usize;
+    if n > MAX_PAGES_PER_MESSAGE {
+        return Err(WireError(format!(
+            "{n} pages in one message, more than {MAX_PAGES_PER_MESSAGE}"
+        )));
+    }
+    let mut pages = Vec::with_capacity(n);
+    for _ in 0..n {
+        let page = r.u64("a page number")?;
+        let data = match r.take(1, "a page's kind")?[0] {
+            0 => None,
+            1 => Some(r.take(PAGE, "a page's contents")?),
+            k => {
+                return Err(WireError(format!(
+                    "page kind {k}, not 0 (zeros) or 1 (data)"
+                )));
+            }
+        };
+        pages.push((page, data));
+    }
+    Ok(pages)
 }
 
 fn put_text(out: &mut Vec<u8>, s: &str) {
@@ -291,7 +328,26 @@ impl<'a> Reader<'a> {
 /// What the fuzz target and its corpus replay check: `bytes` is refused with an
 /// error, or decodes to a message that encodes back to exactly `bytes`.
 pub fn check_untrusted(bytes: &[u8]) -> Result<(), WireError> {
-    let m = Message::decode(bytes)?;
+    let borrowed = borrow_pages(bytes);
+    let m = Message::decode(bytes);
+    match (&borrowed, &m) {
+        (Ok(Some(pages)), Ok(Message::Pages(owned))) => assert!(
+            pages.len() == owned.len()
+                && pages
+                    .iter()
+                    .zip(owned)
+                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1.as_ref().map(|d| &d[..])),
+            "the borrowed pages differ from the decoded ones"
+        ),
+        (Ok(None), Ok(m)) => assert!(
+            !matches!(m, Message::Pages(_)),
+            "a Pages message not seen as one"
+        ),
+        // Not a Pages frame, and refused as the message it claims to be.
+        (Ok(None), Err(_)) | (Err(_), Err(_)) => {}
+        _ => panic!("borrowing the pages and decoding disagree"),
+    }
+    let m = m?;
     assert!(
         m.encode() == bytes,
         "a decoded message does not encode back to its bytes"
@@ -328,6 +384,13 @@ mod tests {
         let expected = Message::Pages(vec![(3, Some(page(1))), (4, None), (9, Some(page(2)))]);
         assert_eq!(bytes, expected.encode());
         assert_eq!(Message::decode(&bytes).unwrap(), expected);
+        let borrowed = borrow_pages(&bytes).unwrap().unwrap();
+        assert_eq!(
+            borrowed,
+            vec![(3, Some(&page(1)[..])), (4, None), (9, Some(&page(2)[..]))]
+        );
+        assert_eq!(borrow_pages(&Message::Ready.encode()).unwrap(), None);
+        assert!(borrow_pages(&bytes[..bytes.len() - 1]).is_err());
         assert_eq!(
             PagesFrame::new().finish(),
             Message::Pages(Vec::new()).encode()

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::machine::memory::is_zero;
+
 /// When and what was saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaveInfo {
@@ -59,11 +61,7 @@ pub fn write(dir: &Path, name: &str, state: &[u8], memory: &[u8], info: SaveInfo
     // Runs of pages holding data, each in one write: a write per page would cost a
     // round trip each through the mount.
     let mut written = 0u64;
-    let zero = |p: usize| {
-        memory[p * PAGE..((p + 1) * PAGE).min(memory.len())]
-            .iter()
-            .all(|&b| b == 0)
-    };
+    let zero = |p: usize| is_zero(&memory[p * PAGE..((p + 1) * PAGE).min(memory.len())]);
     let pages = memory.len().div_ceil(PAGE);
     let mut p = 0;
     while p < pages {
