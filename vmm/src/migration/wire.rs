@@ -4,9 +4,10 @@
 //! refuses bad input with an error saying what is wrong and never panics (a fuzz
 //! target holds it to that).
 //!
-//! Source to destination: `Hello`, any number of `Pages`, `Verify` if asked, `State`,
-//! then (once the destination said `Ready`) `LeaseReleased`. Destination to source:
-//! `Ready`, then `Running`, or `Failed` at any point.
+//! Source to destination: `Hello`, pre-copy rounds (each: any number of `Pages`, then
+//! `RoundEnd`), the last `Pages`, `Verify` if asked, `State`, then (once the
+//! destination said `Ready`) `LeaseReleased`. Destination to source: `RoundReceived`
+//! for each `RoundEnd`, `Ready`, then `Running`, or `Failed` at any point.
 
 use crate::machine::memory::is_zero;
 
@@ -104,6 +105,13 @@ pub enum Message {
     /// The blake3 hash of all of the paused VM's memory, sent before `State` when
     /// the source was asked to verify: the destination compares it with what it has.
     Verify([u8; 32]),
+    /// The end of pre-copy round N: the destination answers `RoundReceived(N)` once
+    /// it has put every page before it into the VM's memory.
+    RoundEnd(u32),
+    /// Every page of round N is in the destination's memory: the source times the
+    /// round up to this answer, so its bandwidth is what reached the destination,
+    /// not what was buffered on the way.
+    RoundReceived(u32),
     /// The destination has the VM built and ready to start.
     Ready,
     /// The source has let the VM lease go: the destination may take it and run.
@@ -127,6 +135,8 @@ const T_LEASE_RELEASED: u8 = 5;
 const T_RUNNING: u8 = 6;
 const T_FAILED: u8 = 7;
 const T_VERIFY: u8 = 8;
+const T_ROUND_END: u8 = 9;
+const T_ROUND_RECEIVED: u8 = 10;
 
 impl Message {
     /// The message as one frame's bytes.
@@ -165,6 +175,14 @@ impl Message {
             Message::Verify(hash) => {
                 out.push(T_VERIFY);
                 out.extend_from_slice(hash);
+            }
+            Message::RoundEnd(n) => {
+                out.push(T_ROUND_END);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Message::RoundReceived(n) => {
+                out.push(T_ROUND_RECEIVED);
+                out.extend_from_slice(&n.to_le_bytes());
             }
             Message::Ready => out.push(T_READY),
             Message::LeaseReleased => out.push(T_LEASE_RELEASED),
@@ -210,6 +228,8 @@ impl Message {
             T_VERIFY => {
                 Message::Verify(r.take(32, "the memory hash")?.try_into().expect("32 bytes"))
             }
+            T_ROUND_END => Message::RoundEnd(r.u32("the round")?),
+            T_ROUND_RECEIVED => Message::RoundReceived(r.u32("the round")?),
             T_READY => Message::Ready,
             T_LEASE_RELEASED => Message::LeaseReleased,
             T_RUNNING => Message::Running,
@@ -409,6 +429,8 @@ mod tests {
             Message::Pages(vec![(3, Some(page)), (9, None)]),
             Message::State(vec![1, 2, 3]),
             Message::Verify([9; 32]),
+            Message::RoundEnd(4),
+            Message::RoundReceived(4),
             Message::Ready,
             Message::LeaseReleased,
             Message::Running,
