@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use blockdev::{AlignedBuf, BlockDevice, FS_BLOCK_SIZE};
 use metadata::{Inode, MetaError, MetaResult, Segment, Timestamp};
@@ -46,7 +47,14 @@ pub struct DataPath {
     pub times: PendingTimes,
     /// File bytes this node moved on the LUN itself.
     pub counters: Arc<DataCounters>,
+    /// On a shared volume, how long after asking for a layout its blocks may still be
+    /// read or written (the coordinator keeps freed blocks from reuse that long and a
+    /// drain interval more: see metadata::free_hold).
+    layout_use: Option<Duration>,
 }
+
+/// Attempts of one read or write whose layout goes stale before its I/O starts.
+const STALE_ATTEMPTS: u32 = 5;
 
 /// File bytes read and written on the LUN by one node, for status.
 #[derive(Debug, Default)]
@@ -71,10 +79,45 @@ impl DataPath {
             defer_times,
             times: PendingTimes::default(),
             counters: Arc::default(),
+            layout_use: None,
         }
     }
 
-    fn lun_read(&self, buf: &mut [u8], at: u64) -> MetaResult<()> {
+    /// Uses a layout for I/O on the LUN only within `limit` of asking for it; an
+    /// operation whose layout is older when its next I/O would start asks again.
+    pub fn set_layout_use(&mut self, limit: Duration) {
+        self.layout_use = Some(limit);
+    }
+
+    /// Fails with `StaleLayout` if a layout asked for at `asked` may no longer be used.
+    fn check_fresh(&self, asked: Instant) -> MetaResult<()> {
+        match self.layout_use {
+            Some(limit) if asked.elapsed() >= limit => Err(MetaError::StaleLayout(1)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `op` (given the moment it asks for its layout) again while its layout goes
+    /// stale before its I/O, up to [`STALE_ATTEMPTS`] times. Reads and writes of whole
+    /// ranges are idempotent, so a partly done attempt is simply done again.
+    fn fresh<R>(&self, op: impl Fn(Instant) -> MetaResult<R>) -> MetaResult<R> {
+        for _ in 1..STALE_ATTEMPTS {
+            match op(Instant::now()) {
+                Err(MetaError::StaleLayout(_)) => {
+                    tracing::debug!("a layout went stale before its I/O: asking again");
+                }
+                other => return other,
+            }
+        }
+        op(Instant::now()).map_err(|e| match e {
+            MetaError::StaleLayout(_) => MetaError::StaleLayout(STALE_ATTEMPTS),
+            e => e,
+        })
+    }
+
+    /// Reads file blocks at byte `at` of the LUN, with a layout asked for at `asked`.
+    fn lun_read(&self, asked: Instant, buf: &mut [u8], at: u64) -> MetaResult<()> {
+        self.check_fresh(asked)?;
         self.dev.read_at(buf, at)?;
         self.counters
             .read
@@ -82,7 +125,9 @@ impl DataPath {
         Ok(())
     }
 
-    fn lun_write(&self, buf: &[u8], at: u64) -> MetaResult<()> {
+    /// Writes file blocks at byte `at` of the LUN, with a layout asked for at `asked`.
+    fn lun_write(&self, asked: Instant, buf: &[u8], at: u64) -> MetaResult<()> {
+        self.check_fresh(asked)?;
         self.dev.write_at(buf, at)?;
         self.counters
             .written
@@ -92,6 +137,10 @@ impl DataPath {
 
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> MetaResult<ReadBuf> {
+        self.fresh(|asked| self.read_once(asked, ino, offset, size))
+    }
+
+    fn read_once(&self, asked: Instant, ino: u64, offset: u64, size: u32) -> MetaResult<ReadBuf> {
         let want_end = offset.saturating_add(u64::from(size));
         let (inode, extents) = self.meta.layout(ino, offset / BS, want_end.div_ceil(BS))?;
         if inode.is_dir() {
@@ -110,6 +159,7 @@ impl DataPath {
         for seg in metadata::extent::segments(&extents, b0, b1) {
             match seg {
                 Segment::Mapped(e) if !e.unwritten => self.lun_read(
+                    asked,
                     segment_slice(&mut buf, b0, e.logical, e.len),
                     e.physical * BS,
                 )?,
@@ -126,27 +176,43 @@ impl DataPath {
 
     /// Runs an allocating operation; when the volume is full, makes pending frees
     /// durable (which releases them) and tries once more, so that space freed a moment
-    /// ago is usable at once.
+    /// ago is usable at once. On a shared volume freed blocks may also be held while
+    /// layouts handed out before their freeing run out (metadata::free_hold): it keeps
+    /// trying for that long.
     fn with_space<R>(&self, op: impl Fn() -> MetaResult<R>) -> MetaResult<R> {
-        match op() {
-            Err(MetaError::NoSpace) => {
-                self.meta.sync()?;
-                op()
+        let deadline = self.layout_use.map(|u| Instant::now() + 2 * u);
+        loop {
+            match op() {
+                Err(MetaError::NoSpace) => {
+                    self.meta.sync()?;
+                    match op() {
+                        Err(MetaError::NoSpace) if deadline.is_some_and(|d| Instant::now() < d) => {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        other => return other,
+                    }
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
     /// Fills `out` with one block of a range's map: its data if it holds written data,
     /// zeros otherwise.
-    fn load_block(&self, segs: &[Segment], block: u64, out: &mut [u8]) -> MetaResult<()> {
+    fn load_block(
+        &self,
+        asked: Instant,
+        segs: &[Segment],
+        block: u64,
+        out: &mut [u8],
+    ) -> MetaResult<()> {
         for seg in segs {
             if let Segment::Mapped(e) = seg
                 && !e.unwritten
                 && e.logical <= block
                 && block < e.logical_end()
             {
-                return self.lun_read(out, (e.physical + block - e.logical) * BS);
+                return self.lun_read(asked, out, (e.physical + block - e.logical) * BS);
             }
         }
         out.fill(0);
@@ -160,6 +226,10 @@ impl DataPath {
 
     /// Writes `data` at `offset`; returns the inode after the write.
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> MetaResult<Inode> {
+        self.fresh(|asked| self.write_once(asked, ino, offset, data))
+    }
+
+    fn write_once(&self, asked: Instant, ino: u64, offset: u64, data: &[u8]) -> MetaResult<Inode> {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(MetaError::Invalid("write past the largest offset"))?;
@@ -190,11 +260,11 @@ impl DataPath {
         // contents of partial blocks (or zeros).
         let mut buf = AlignedBuf::for_overwrite(((b1 - b0) * BS) as usize);
         if !offset.is_multiple_of(BS) {
-            self.load_block(&before, b0, &mut buf[..BS as usize])?;
+            self.load_block(asked, &before, b0, &mut buf[..BS as usize])?;
         }
         if !end.is_multiple_of(BS) && (b1 - 1 != b0 || offset.is_multiple_of(BS)) {
             let at = ((b1 - 1 - b0) * BS) as usize;
-            self.load_block(&before, b1 - 1, &mut buf[at..at + BS as usize])?;
+            self.load_block(asked, &before, b1 - 1, &mut buf[at..at + BS as usize])?;
         }
         if offset > size && size / BS == b0 {
             // The old end is inside the first block: what lies between it and this write
@@ -207,7 +277,7 @@ impl DataPath {
             match seg {
                 Segment::Mapped(e) => {
                     let at = ((e.logical - b0) * BS) as usize;
-                    self.lun_write(&buf[at..at + (e.len * BS) as usize], e.physical * BS)?;
+                    self.lun_write(asked, &buf[at..at + (e.len * BS) as usize], e.physical * BS)?;
                 }
                 Segment::Hole { .. } => {
                     return Err(MetaError::Store("allocation left a hole".into()));
@@ -248,16 +318,18 @@ impl DataPath {
         if from >= to {
             return Ok(());
         }
-        let segs = self.map(ino, block, block + 1)?;
-        if let Some(Segment::Mapped(e)) = segs.first()
-            && !e.unwritten
-        {
-            let mut buf = AlignedBuf::zeroed(BS as usize);
-            self.lun_read(&mut buf, e.physical * BS)?;
-            buf[(from - block * BS) as usize..(to - block * BS) as usize].fill(0);
-            self.lun_write(&buf, e.physical * BS)?;
-        }
-        Ok(())
+        self.fresh(|asked| {
+            let segs = self.map(ino, block, block + 1)?;
+            if let Some(Segment::Mapped(e)) = segs.first()
+                && !e.unwritten
+            {
+                let mut buf = AlignedBuf::zeroed(BS as usize);
+                self.lun_read(asked, &mut buf, e.physical * BS)?;
+                buf[(from - block * BS) as usize..(to - block * BS) as usize].fill(0);
+                self.lun_write(asked, &buf, e.physical * BS)?;
+            }
+            Ok(())
+        })
     }
 
     /// Zeroes the old last block from the old end `size` on, before the file grows.

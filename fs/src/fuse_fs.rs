@@ -139,6 +139,13 @@ impl CsvFs {
         }
     }
 
+    /// On a shared volume: use a layout for I/O on the LUN only within `limit` of
+    /// asking for it (see [`DataPath::set_layout_use`]).
+    pub fn with_layout_use(mut self, limit: Duration) -> CsvFs {
+        self.data.set_layout_use(limit);
+        self
+    }
+
     /// The bytes this mount moved on the LUN.
     pub fn data_counters(&self) -> Arc<DataCounters> {
         self.data.counters.clone()

@@ -157,7 +157,12 @@ pub fn run(req: NodeRequest) -> Result<()> {
         let mut mounts = Vec::new();
         for v in &opened {
             let dev: Arc<dyn BlockDevice> = v.path.clone();
-            let vol = ClusterVolume::start(shell.clone(), &v.label, dev.clone())?;
+            let vol = ClusterVolume::start(
+                shell.clone(),
+                &v.label,
+                dev.clone(),
+                &config.timing.protocol(),
+            )?;
             let source = dev.name().to_string();
             let mounted = cluster::mount::mount(vol, dev, v.path.clone(), &req.root, &source);
             match mounted {

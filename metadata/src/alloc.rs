@@ -7,6 +7,7 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::error::{MetaError, MetaResult};
+use crate::free_hold::FreeHold;
 use crate::tables::{COUNTERS, FREE, FREE_BY_LEN, PENDING_FREE, counter};
 
 /// Reads a counter inside a write transaction.
@@ -167,16 +168,22 @@ pub fn free_later(txn: &WriteTransaction, start: u64, len: u64) -> MetaResult<()
     Ok(())
 }
 
-/// Moves every pending run into FREE; called inside a durable commit.
-pub fn release_pending(txn: &WriteTransaction) -> MetaResult<u64> {
+/// Moves the pending runs into FREE, except those `hold` keeps back (a shared volume:
+/// layouts handed out may still cover them); called inside a durable commit.
+pub fn release_pending(txn: &WriteTransaction, hold: Option<&FreeHold>) -> MetaResult<u64> {
     let pending: Vec<(u64, u64)> = {
         let mut t = txn.open_table(PENDING_FREE)?;
         let mut v = Vec::new();
         for e in t.iter()? {
             let (k, l) = e?;
-            v.push((k.value(), l.value()));
+            let (start, len) = (k.value(), l.value());
+            if hold.is_none_or(|h| h.may_release(start)) {
+                v.push((start, len));
+            }
         }
-        t.retain(|_, _| false)?;
+        for (start, _) in &v {
+            t.remove(start)?;
+        }
         v
     };
     let mut total = 0;
@@ -228,7 +235,7 @@ mod tests {
         let got = allocate(&txn, 0, 10).unwrap();
         free_later(&txn, got[0].0, got[0].1).unwrap();
         assert!(allocate(&txn, 0, 1).is_err());
-        assert_eq!(release_pending(&txn).unwrap(), 10);
+        assert_eq!(release_pending(&txn, None).unwrap(), 10);
         assert_eq!(allocate(&txn, 0, 10).unwrap(), vec![(0, 10)]);
     }
 }

@@ -24,6 +24,7 @@ use redb::{Durability, WriteTransaction};
 
 use crate::alloc::release_pending;
 use crate::error::{MetaError, MetaResult};
+use crate::free_hold::FreeHold;
 use crate::store::{Store, put_reserve, take_reserve};
 
 /// Most jobs one transaction takes.
@@ -121,6 +122,8 @@ struct Shared {
     worker: Mutex<Worker>,
     stats: Mutex<CommitStats>,
     interval: Duration,
+    /// Freed runs kept from reuse while layouts may cover them (a shared volume).
+    hold: Option<Arc<FreeHold>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -133,6 +136,7 @@ impl std::fmt::Debug for Shared {
 
 struct Worker {
     store: Arc<Store>,
+    hold: Option<Arc<FreeHold>>,
     /// The reserve value was given up to let a full volume free space.
     reserve_missing: bool,
 }
@@ -144,16 +148,20 @@ fn is_space_failure(e: &MetaError) -> bool {
 
 impl Committer {
     /// Starts the committer; non-durable changes become durable within `interval`.
-    pub fn start(store: Arc<Store>, interval: Duration) -> Committer {
+    /// Freed runs that `hold` keeps back are released by a durable commit once it lets
+    /// them go.
+    pub fn start(store: Arc<Store>, interval: Duration, hold: Option<Arc<FreeHold>>) -> Committer {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake_timer: Condvar::new(),
             worker: Mutex::new(Worker {
                 store,
+                hold: hold.clone(),
                 reserve_missing: false,
             }),
             stats: Mutex::new(CommitStats::default()),
             interval,
+            hold,
         });
         let s = shared.clone();
         let timer = std::thread::Builder::new()
@@ -272,6 +280,10 @@ impl Shared {
             let mut q = self.queue.lock();
             if outcome {
                 q.dirty_since = None;
+                if self.hold.as_ref().is_some_and(|h| h.held() > 0) {
+                    // Held runs: the timer commits again when the first may go.
+                    self.wake_timer.notify_all();
+                }
             } else if q.dirty_since.is_none() {
                 q.dirty_since = Some(Instant::now());
                 self.wake_timer.notify_all();
@@ -288,14 +300,21 @@ impl Shared {
                     if q.stopped {
                         return;
                     }
+                    let release = self.hold.as_ref().and_then(|h| h.next_release());
+                    if release.is_some_and(|at| at <= Instant::now()) {
+                        break;
+                    }
+                    let until_release = release.map_or(Duration::from_secs(3600), |at| {
+                        at.saturating_duration_since(Instant::now())
+                    });
                     match q.dirty_since {
                         Some(t) if t.elapsed() >= self.interval => break,
                         Some(t) => {
-                            let left = self.interval - t.elapsed();
+                            let left = (self.interval - t.elapsed()).min(until_release);
                             self.wake_timer.wait_for(&mut q, left);
                         }
                         None => {
-                            self.wake_timer.wait_for(&mut q, Duration::from_secs(3600));
+                            self.wake_timer.wait_for(&mut q, until_release);
                         }
                     }
                 }
@@ -425,8 +444,9 @@ impl Worker {
                 j.run(txn)?;
             }
             if durable {
-                // Freed extents become reusable only once their freeing is durable.
-                release_pending(txn)?;
+                // Freed extents become reusable only once their freeing is durable,
+                // and on a shared volume once no layout handed out may cover them.
+                release_pending(txn, self.hold.as_deref())?;
             }
             Ok(())
         })

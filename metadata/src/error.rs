@@ -70,6 +70,11 @@ pub enum MetaError {
     /// it must be reopened.
     #[error("metadata store must be reopened after an earlier I/O error")]
     StoreLatched,
+    /// A layout of a shared volume grew too old to be used for I/O on the LUN before
+    /// the I/O started (its blocks may have been freed and reused since); the data
+    /// path asks for a fresh one and tries again.
+    #[error("a file's layout went stale {0} times in a row before its I/O could start")]
+    StaleLayout(u32),
     /// A failure reported by the coordinator that served the operation, as its errno
     /// and its message (see [`MetaError::from_remote`]).
     #[error("{message}")]
@@ -99,7 +104,7 @@ impl MetaError {
             TooManyLinks => libc::EMLINK,
             NotSupported => libc::EOPNOTSUPP,
             ReadOnly => libc::EROFS,
-            Corrupt(_) | Store(_) | StoreLatched => libc::EIO,
+            Corrupt(_) | Store(_) | StoreLatched | StaleLayout(_) => libc::EIO,
             Block(e) => e.errno(),
             Remote { errno, .. } => *errno,
         }

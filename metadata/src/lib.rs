@@ -11,6 +11,7 @@ pub mod commit;
 pub mod error;
 pub mod extent;
 pub mod filemap;
+pub mod free_hold;
 pub mod fsck;
 pub mod inode;
 pub mod layout;

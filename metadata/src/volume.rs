@@ -10,6 +10,7 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use crate::alloc::{add_counter, free_now};
 use crate::commit::{CommitStats, Committer, JobKind};
 use crate::error::{MetaError, MetaResult};
+use crate::free_hold::FreeHold;
 use crate::inode::{Inode, ROOT_INO, Timestamp};
 use crate::layout::{Layout, Region};
 use crate::namespace::Ctx;
@@ -34,6 +35,10 @@ pub struct OpenOptions {
     /// Leave the inodes unlinked while open where they are (a shared volume: another
     /// node may have them open still) instead of deleting them at open.
     pub keep_orphans: bool,
+    /// On a shared volume, how long a layout handed out may be in use (its holder's
+    /// limit plus the drain interval): freed blocks are not reused before
+    /// (see [`crate::free_hold`]). `None` on a single node.
+    pub layout_life: Option<Duration>,
 }
 
 impl Default for OpenOptions {
@@ -43,6 +48,7 @@ impl Default for OpenOptions {
             cache_bytes: 64 << 20,
             durable_interval: Duration::from_secs(1),
             keep_orphans: false,
+            layout_life: None,
         }
     }
 }
@@ -78,6 +84,8 @@ pub struct Volume {
     sb: Superblock,
     store: Arc<Store>,
     committer: Option<Committer>,
+    /// Freed blocks kept from reuse while layouts may cover them (a shared volume).
+    hold: Option<Arc<FreeHold>>,
 }
 
 /// Bytes of metadata one small file costs, for the inode estimate of statfs.
@@ -202,16 +210,22 @@ impl Volume {
         // refuses a store that was not shut down cleanly, and such a volume must still
         // mount read-only.
         let store = Arc::new(Store::open(backend, opts.cache_bytes)?);
+        let hold = opts.layout_life.map(|l| Arc::new(FreeHold::new(l)));
         let committer = if opts.read_only {
             None
         } else {
-            Some(Committer::start(store.clone(), opts.durable_interval))
+            Some(Committer::start(
+                store.clone(),
+                opts.durable_interval,
+                hold.clone(),
+            ))
         };
         let vol = Volume {
             dev,
             sb,
             store,
             committer,
+            hold,
         };
         if !opts.read_only && !opts.keep_orphans {
             let n = vol.write(
@@ -244,6 +258,20 @@ impl Volume {
     /// True when opened read-only.
     pub fn is_read_only(&self) -> bool {
         self.committer.is_none()
+    }
+
+    /// A layout (extents to read or write directly) is about to be read and handed
+    /// out: blocks freed from now on wait until it has run out (a shared volume; a
+    /// single node needs nothing).
+    pub fn layout_given(&self) {
+        if let Some(h) = &self.hold {
+            h.layout_given();
+        }
+    }
+
+    /// How many freed runs wait for layouts to run out.
+    pub fn held_frees(&self) -> usize {
+        self.hold.as_ref().map_or(0, |h| h.held())
     }
 
     /// A consistent view of the store as of now.

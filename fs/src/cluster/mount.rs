@@ -73,7 +73,9 @@ pub fn mount(
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
-    let fs = CsvFs::new(Meta::new(vol.clone()), dev, false, true).with_locks(vol.clone());
+    let fs = CsvFs::new(Meta::new(vol.clone()), dev, false, true)
+        .with_locks(vol.clone())
+        .with_layout_use(vol.layout_use);
     vol.report_io(path);
     let session = fuser::Session::new(fs, &mp, &config).map_err(|e| {
         anyhow::anyhow!(

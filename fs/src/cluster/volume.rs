@@ -30,7 +30,7 @@ use super::wire::{MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcom
 use crate::locks::{Done, RangeLocks};
 use crate::meta::{MetaCall, MetaReply, MetaService, local};
 use fuser::Errno;
-use lockmgr::protocol::RangeOp;
+use lockmgr::protocol::{RangeOp, Timing};
 
 /// How long a call waits for a serving coordinator before it fails with EIO.
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -65,6 +65,10 @@ pub struct ClusterVolume {
     /// Idle request streams to coordinators, by node.
     streams: parking_lot::Mutex<Vec<(u8, FramedStream)>>,
     next_id: AtomicU64,
+    /// How long after asking for it this node uses a layout for I/O on the LUN.
+    pub layout_use: Duration,
+    /// How long the coordinator keeps blocks freed after it handed out a layout.
+    layout_life: Duration,
     /// Counters.
     pub counters: Counters,
 }
@@ -72,10 +76,14 @@ pub struct ClusterVolume {
 impl ClusterVolume {
     /// Starts following the role of `label` and serving its metadata while this node
     /// coordinates it. Must run inside the node's runtime.
+    /// `timing` sets how long a layout may be used (a lease) and how long the
+    /// coordinator keeps freed blocks from reuse after handing one out (a lease and
+    /// the drain interval).
     pub fn start(
         shell: Arc<Shell>,
         label: &str,
         dev: Arc<dyn BlockDevice>,
+        timing: &Timing,
     ) -> anyhow::Result<Arc<ClusterVolume>> {
         let handle = shell
             .volume(label)
@@ -93,6 +101,8 @@ impl ClusterVolume {
             // Ids grow over the node's life and past those of its earlier lives
             // (the coordinator keeps answers by id: see metadata::requests).
             next_id: AtomicU64::new(first_request_id()),
+            layout_use: Duration::from_millis(timing.lease),
+            layout_life: Duration::from_millis(timing.lease + timing.drain),
             counters: Counters::default(),
         });
         let server = v.clone();
@@ -161,6 +171,7 @@ impl ClusterVolume {
                 let dev = self.dev.clone();
                 let opts = OpenOptions {
                     keep_orphans: true,
+                    layout_life: Some(self.layout_life),
                     ..OpenOptions::default()
                 };
                 match tokio::task::spawn_blocking(move || Volume::open(dev, &opts)).await {

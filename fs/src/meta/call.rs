@@ -133,6 +133,15 @@ impl MetaCall {
         )
     }
 
+    /// True when the answer names blocks that the caller then reads or writes on the
+    /// LUN directly (a layout, freshly allocated blocks).
+    pub fn hands_out_layout(&self) -> bool {
+        matches!(
+            self,
+            MetaCall::Layout { .. } | MetaCall::AllocateRange { .. }
+        )
+    }
+
     /// True when the operation removes things, so that it may use the metadata
     /// region's reserve (a full volume can always be emptied).
     pub fn frees_space(&self) -> bool {

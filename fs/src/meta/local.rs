@@ -9,6 +9,9 @@ use super::call::{MetaCall, MetaReply};
 /// Runs `call` on `vol` for this node (a single-node mount, or the coordinator's own
 /// applications): changes commit at once and become durable at the next sync.
 pub fn execute(vol: &Volume, call: MetaCall) -> MetaResult<MetaReply> {
+    if call.hands_out_layout() {
+        vol.layout_given();
+    }
     match call {
         MetaCall::Sync => vol.sync().map(|()| MetaReply::Done),
         call if !call.changes() => query(vol, call),
@@ -22,6 +25,9 @@ pub fn execute(vol: &Volume, call: MetaCall) -> MetaResult<MetaReply> {
 /// another node was told. A change's answer is recorded with it, and a retry of an
 /// applied change gets that answer instead of applying it again.
 pub fn execute_for(vol: &Volume, node: u8, id: u64, call: MetaCall) -> MetaResult<MetaReply> {
+    if call.hands_out_layout() {
+        vol.layout_given();
+    }
     match call {
         MetaCall::Sync => vol.sync().map(|()| MetaReply::Done),
         call if !call.changes() => {
