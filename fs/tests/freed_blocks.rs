@@ -80,29 +80,7 @@ struct Outcome {
 
 fn scene(dir: &Path, hold: bool) -> Outcome {
     let image = dir.join(if hold { "held.img" } else { "unheld.img" });
-    FileDevice::create_image(&image, 256 << 20).expect("image");
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&image, false).expect("open"));
-    Volume::format(
-        dev.clone(),
-        &FormatOptions {
-            label: "Volume1".into(),
-            metadata_bytes: None,
-            force: false,
-        },
-    )
-    .expect("format");
-    let vol = Arc::new(
-        Volume::open(
-            dev.clone(),
-            &OpenOptions {
-                keep_orphans: true,
-                durable_interval: Duration::from_millis(20),
-                layout_life: hold.then_some(LIFE),
-                ..OpenOptions::default()
-            },
-        )
-        .expect("open volume"),
-    );
+    let (dev, vol) = new_volume(&image, 256, hold.then_some(LIFE));
     let slow = Arc::new(SlowLayouts {
         inner: LocalMeta(vol.clone()),
         stall_next: AtomicBool::new(false),
@@ -175,11 +153,14 @@ fn without_the_hold_the_late_write_lands_in_the_other_file() {
     );
 }
 
-/// A shared volume's store on a new image of `mib` MiB, and a data path over it.
-fn shared_volume(dir: &Path, mib: u64) -> (Arc<Volume>, Meta, DataPath) {
-    let image = dir.join("shared.img");
-    FileDevice::create_image(&image, mib << 20).expect("image");
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&image, false).expect("open"));
+/// A volume formatted on a new image of `mib` MiB at `image`, open with `layout_life`.
+fn new_volume(
+    image: &Path,
+    mib: u64,
+    layout_life: Option<Duration>,
+) -> (Arc<dyn BlockDevice>, Arc<Volume>) {
+    FileDevice::create_image(image, mib << 20).expect("image");
+    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(image, false).expect("open"));
     Volume::format(
         dev.clone(),
         &FormatOptions {
@@ -189,17 +170,19 @@ fn shared_volume(dir: &Path, mib: u64) -> (Arc<Volume>, Meta, DataPath) {
         },
     )
     .expect("format");
-    let vol = Arc::new(
-        Volume::open(
-            dev.clone(),
-            &OpenOptions {
-                durable_interval: Duration::from_millis(20),
-                layout_life: Some(LIFE),
-                ..OpenOptions::default()
-            },
-        )
-        .expect("open volume"),
-    );
+    let opts = OpenOptions {
+        keep_orphans: true,
+        durable_interval: Duration::from_millis(20),
+        layout_life,
+        ..OpenOptions::default()
+    };
+    let vol = Arc::new(Volume::open(dev.clone(), &opts).expect("open volume"));
+    (dev, vol)
+}
+
+/// A shared volume's store on a new image of `mib` MiB, and a data path over it.
+fn shared_volume(dir: &Path, mib: u64) -> (Arc<Volume>, Meta, DataPath) {
+    let (dev, vol) = new_volume(&dir.join("shared.img"), mib, Some(LIFE));
     let meta = Meta::local(vol.clone());
     let mut data = DataPath::new(meta.clone(), dev, false);
     data.set_layout_use(USE);
