@@ -12,6 +12,7 @@
 //! Every decoder of what a target sends returns an error on bad input, never panics;
 //! each has a fuzz target (redirect-io/blockdev/fuzz).
 
+mod conn_reader;
 pub mod device;
 pub mod fuzz_inputs;
 pub mod login;

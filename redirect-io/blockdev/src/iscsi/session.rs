@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::conn_reader::ConnReader;
 use super::login::{self, LoggedIn, LoginError};
 use super::pdu::{self, Bhs, DataOut, RESERVED_TAG, ScsiCommand, ScsiResponse, op, sn_lt};
 use super::sense::Sense;
@@ -236,8 +237,10 @@ impl Session {
         // Take a CmdSN and send the command, holding the writer so that commands go out
         // in CmdSN order.
         let (itt, conn) = loop {
-            {
-                let mut st = sh.state.lock();
+            let w = sh.writer.lock();
+            let mut st = sh.state.lock();
+            if !st.ready() {
+                drop(w);
                 while !st.ready() {
                     if st.closing {
                         return Err(CommandError::Closed);
@@ -254,10 +257,6 @@ impl Session {
                         )));
                     }
                 }
-            }
-            let w = sh.writer.lock();
-            let mut st = sh.state.lock();
-            if !st.ready() {
                 continue;
             }
             let conn = st.conn.clone().expect("ready means connected");
@@ -642,20 +641,20 @@ impl Shared {
 
     /// Reads and dispatches PDUs. Returns Ok after a logout response.
     fn read_loop(&self, conn: &Conn) -> io::Result<()> {
-        let mut r = Patient {
-            stream: &conn.stream,
-            limit: self.url.timeout,
-            closing: &self.closing,
-        };
+        let mut r = ConnReader::new(&conn.stream, self.url.timeout, &self.closing);
         let max_data = conn.params.initiator_max_recv;
         loop {
-            let bhs = match read_header_idle(&mut r, max_data)? {
-                Some(b) => b,
-                None => continue,
-            };
+            if !r.wait_for_data()? {
+                continue;
+            }
+            let bhs = wire::read_header(&mut r, max_data)?;
+            if bhs.opcode() == op::DATA_IN {
+                // Its sequence numbers are noted under the same lock as its data.
+                self.on_data_in(&mut r, &bhs)?;
+                continue;
+            }
             self.note_sequence_numbers(&bhs);
             match bhs.opcode() {
-                op::DATA_IN => self.on_data_in(&mut r, &bhs)?,
                 op::SCSI_RESPONSE => {
                     let data = wire::read_data(&mut r, &bhs)?;
                     let resp = ScsiResponse::decode(&bhs).map_err(wire::invalid)?;
@@ -745,29 +744,31 @@ impl Shared {
     }
 
     fn note_sequence_numbers(&self, bhs: &Bhs) {
-        let mut st = self.state.lock();
-        if bhs.advances_stat_sn() && !sn_lt(bhs.stat_sn(), st.exp_stat_sn) {
-            st.exp_stat_sn = bhs.stat_sn().wrapping_add(1);
-        }
-        if bhs.carries_cmd_window() {
-            let (exp, max) = (bhs.exp_cmd_sn(), bhs.max_cmd_sn());
-            // A window with MaxCmdSN < ExpCmdSN - 1 is invalid and ignored (RFC 7143).
-            if !sn_lt(max, exp.wrapping_sub(1)) && sn_lt(st.max_cmd_sn, max) {
-                st.max_cmd_sn = max;
-                drop(st);
-                self.changed.notify_all();
-            }
+        let opened = note_sequence_numbers(&mut self.state.lock(), bhs);
+        if opened {
+            self.changed.notify_all();
         }
     }
 
-    fn on_data_in(&self, r: &mut Patient<'_>, bhs: &Bhs) -> io::Result<()> {
+    fn on_data_in(&self, r: &mut ConnReader<'_>, bhs: &Bhs) -> io::Result<()> {
         let len = bhs.data_len() as usize;
+        let padded = bhs.padded_data_len();
         let off = bhs.buffer_offset() as usize;
+        let with_status = bhs.flags() & 0x01 != 0;
+        let resp = if with_status {
+            Some(ScsiResponse::decode(bhs).map_err(wire::invalid)?)
+        } else {
+            None
+        };
         let mut st = self.state.lock();
+        let opened = note_sequence_numbers(&mut st, bhs);
+        if opened {
+            self.changed.notify_all();
+        }
         let Some(task) = st.tasks.get_mut(&bhs.itt()) else {
             // An aborted task's data: drop it.
             drop(st);
-            return wire::skip(r, bhs.padded_data_len());
+            return wire::skip(r, padded);
         };
         let Some(target) = &task.read else {
             return Err(wire::invalid("Data-In for a command that reads nothing"));
@@ -779,13 +780,23 @@ impl Shared {
             )));
         }
         // SAFETY: see ReadTarget: the caller is blocked until it removes the task, and
-        // it waits while reader_busy is set; [off, off+len) is inside its buffer.
+        // it waits while reader_busy is set or this thread holds the state lock;
+        // [off, off+len) is inside its buffer.
         let dst = unsafe { std::slice::from_raw_parts_mut(target.ptr.add(off), len) };
+        if r.buffered().len() >= padded {
+            // The whole segment is read ahead already (the common case of a small
+            // read): copy it and complete the task under this one lock.
+            dst.copy_from_slice(&r.buffered()[..len]);
+            r.consume(padded);
+            task.data_in = task.data_in.max(off + len);
+            if let Some(resp) = resp {
+                complete(&mut st, bhs, resp, Vec::new());
+            }
+            return Ok(());
+        }
         task.reader_busy = true;
         drop(st);
-        let res = r
-            .read_exact(dst)
-            .and_then(|()| wire::skip(r, bhs.padded_data_len() - len));
+        let res = r.read_exact(dst).and_then(|()| wire::skip(r, padded - len));
         let mut st = self.state.lock();
         let task = st.tasks.get_mut(&bhs.itt()).expect("a busy task stays");
         task.reader_busy = false;
@@ -793,11 +804,9 @@ impl Shared {
         if task.removing {
             task.cond.notify_all();
         }
-        drop(st);
         res?;
-        if bhs.flags() & 0x01 != 0 {
-            let resp = ScsiResponse::decode(bhs).map_err(wire::invalid)?;
-            self.complete(bhs, resp, Vec::new())?;
+        if let Some(resp) = resp {
+            complete(&mut st, bhs, resp, Vec::new());
         }
         Ok(())
     }
@@ -821,89 +830,49 @@ impl Shared {
     }
 
     fn complete(&self, bhs: &Bhs, resp: ScsiResponse, sense: Vec<u8>) -> io::Result<()> {
-        let mut st = self.state.lock();
-        let generation = st.generation;
-        let Some(task) = st.tasks.get_mut(&bhs.itt()) else {
-            return Ok(());
-        };
-        let result = if resp.response != 0 {
-            Err(CommandError::Protocol(format!(
-                "the target failed the command (iSCSI response {:#04x})",
-                resp.response
-            )))
-        } else {
-            Ok(Completion {
-                status: resp.status,
-                sense,
-                data_in: task.data_in,
-                residual: (resp.overflow || resp.underflow).then_some(resp.residual),
-                generation,
-            })
-        };
-        task.done = Some(result);
-        task.cond.notify_all();
+        complete(&mut self.state.lock(), bhs, resp, sense);
         Ok(())
     }
 }
 
-/// The socket, read with patience: a read timeout (the socket wakes every second so
-/// that the thread notices a close) is retried until `limit` has passed in one read.
-struct Patient<'a> {
-    stream: &'a TcpStream,
-    limit: Duration,
-    closing: &'a AtomicBool,
-}
-
-impl Read for Patient<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let start = Instant::now();
-        loop {
-            match (&mut &*self.stream).read(buf) {
-                Err(e) if is_timeout(&e) => {
-                    if self.closing.load(Ordering::SeqCst) {
-                        return Err(io::Error::other("the session is closing"));
-                    }
-                    if start.elapsed() >= self.limit {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the target stalled in the middle of a PDU",
-                        ));
-                    }
-                }
-                other => return other,
-            }
+/// Notes the StatSN and command window a PDU carries; true when the window opened.
+fn note_sequence_numbers(st: &mut State, bhs: &Bhs) -> bool {
+    if bhs.advances_stat_sn() && !sn_lt(bhs.stat_sn(), st.exp_stat_sn) {
+        st.exp_stat_sn = bhs.stat_sn().wrapping_add(1);
+    }
+    if bhs.carries_cmd_window() {
+        let (exp, max) = (bhs.exp_cmd_sn(), bhs.max_cmd_sn());
+        // A window with MaxCmdSN < ExpCmdSN - 1 is invalid and ignored (RFC 7143).
+        if !sn_lt(max, exp.wrapping_sub(1)) && sn_lt(st.max_cmd_sn, max) {
+            st.max_cmd_sn = max;
+            return true;
         }
     }
+    false
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-/// Reads a header, treating a read timeout before its first byte as idleness (`None`).
-fn read_header_idle(r: &mut Patient<'_>, max_data: u32) -> io::Result<Option<Bhs>> {
-    let mut raw = [0u8; pdu::BHS_LEN];
-    let first = loop {
-        match (&mut &*r.stream).read(&mut raw) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => {
-                if r.closing.load(Ordering::SeqCst) {
-                    return Err(io::Error::other("the session is closing"));
-                }
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        }
+/// Ends the task `bhs` answers (if it is still there) and wakes its caller.
+fn complete(st: &mut State, bhs: &Bhs, resp: ScsiResponse, sense: Vec<u8>) {
+    let generation = st.generation;
+    let Some(task) = st.tasks.get_mut(&bhs.itt()) else {
+        return;
     };
-    r.read_exact(&mut raw[first..])?;
-    let bhs = Bhs::decode(&raw, max_data).map_err(wire::invalid)?;
-    wire::skip(r, bhs.ahs_len())?;
-    Ok(Some(bhs))
+    let result = if resp.response != 0 {
+        Err(CommandError::Protocol(format!(
+            "the target failed the command (iSCSI response {:#04x})",
+            resp.response
+        )))
+    } else {
+        Ok(Completion {
+            status: resp.status,
+            sense,
+            data_in: task.data_in,
+            residual: (resp.overflow || resp.underflow).then_some(resp.residual),
+            generation,
+        })
+    };
+    task.done = Some(result);
+    task.cond.notify_all();
 }
 
 fn connect_and_login(url: &IscsiUrl, isid: [u8; 6]) -> Result<(TcpStream, LoggedIn), LoginError> {
