@@ -3,9 +3,15 @@
 //! sends and hands it to the task it belongs to, and reconnects (with back-off) when
 //! the connection fails.
 //!
-//! Ordering: a command's CmdSN is taken while the caller holds the writer, so commands
-//! reach the target in CmdSN order. The command window (ExpCmdSN..MaxCmdSN) is
-//! respected: callers wait while it is closed.
+//! Ordering: a command's CmdSN is taken under the state lock, and a command without
+//! data to send goes into the outbox in the same critical section, so the outbox is in
+//! CmdSN order. Whoever holds the writer sends the outbox, oldest first: a caller that
+//! finds the writer busy leaves its command there and goes to wait for the answer (no
+//! thread parks on the writer for a read), and a thread that lets the writer go looks
+//! at the outbox once more, so nothing is left behind. A command with data takes the
+//! outbox's commands (older than it) out with its CmdSN and sends them before itself.
+//! The command window (ExpCmdSN..MaxCmdSN) is respected: callers wait while it is
+//! closed.
 //!
 //! Data-In goes straight from the socket into the caller's buffer. The caller's thread
 //! is blocked in [`Session::execute`] for as long as its task is in the task table, and
@@ -122,6 +128,8 @@ struct State {
     fresh_conn: bool,
     last_error: Option<String>,
     closing: bool,
+    /// Commands without data waiting to be sent, in CmdSN order.
+    outbox: Vec<(Conn, Bhs)>,
 }
 
 struct Shared {
@@ -134,6 +142,19 @@ struct Shared {
     /// Signalled when the connection comes up or goes down, or the window opens.
     changed: Condvar,
     closing: AtomicBool,
+}
+
+/// The writer, held; dropping it sends what came into the outbox meanwhile.
+struct Writing<'a> {
+    shared: &'a Shared,
+    guard: Option<parking_lot::MutexGuard<'a, ()>>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        self.shared.flush_outbox();
+    }
 }
 
 /// An iSCSI session to one LUN.
@@ -170,6 +191,7 @@ impl Session {
                 fresh_conn: true,
                 last_error: None,
                 closing: false,
+                outbox: Vec::new(),
             }),
             writer: Mutex::new(()),
             changed: Condvar::new(),
@@ -237,10 +259,15 @@ impl Session {
         // Take a CmdSN and send the command, holding the writer so that commands go out
         // in CmdSN order.
         let (itt, conn) = loop {
-            let w = sh.writer.lock();
+            // A command with data holds the writer from its CmdSN to its last byte.
+            let w = (!write_data.is_empty()).then(|| sh.writing());
             let mut st = sh.state.lock();
             if !st.ready() {
+                // Let the writer go (which looks at the outbox, under the state lock)
+                // before waiting.
+                drop(st);
                 drop(w);
+                st = sh.state.lock();
                 while !st.ready() {
                     if st.closing {
                         return Err(CommandError::Closed);
@@ -311,7 +338,15 @@ impl Session {
                 cdb,
                 immediate_len: immediate as u32,
             };
+            let Some(w) = w else {
+                st.outbox.push((conn.clone(), cmd.bhs()));
+                drop(st);
+                sh.flush_outbox();
+                break (itt, conn);
+            };
+            let older = std::mem::take(&mut st.outbox);
             drop(st);
+            sh.send_commands(older);
             let sent = wire::write_pdu(&mut &*conn.stream, &cmd.bhs(), &write_data[..immediate])
                 .and_then(|()| {
                     sh.send_data_out(
@@ -342,7 +377,7 @@ impl Session {
             }
             if let Some((ttt, off, len)) = task.r2ts.pop_front() {
                 drop(st);
-                let w = sh.writer.lock();
+                let w = sh.writing();
                 let r = sh.send_data_out(&conn, itt, ttt, write_data, off as usize, len as usize);
                 drop(w);
                 if let Err(e) = r {
@@ -390,7 +425,7 @@ impl Session {
             (tmf_itt, ref_cmd_sn)
         };
         let sent = {
-            let _w = sh.writer.lock();
+            let _w = sh.writing();
             let st = sh.state.lock();
             let bhs = pdu::abort_task(tmf_itt, itt, st.cmd_sn, ref_cmd_sn, st.exp_stat_sn, sh.lun);
             drop(st);
@@ -442,7 +477,7 @@ impl Session {
             st.conn.clone()
         };
         if let Some(conn) = conn {
-            let _w = sh.writer.lock();
+            let _w = sh.writing();
             let st = sh.state.lock();
             let bhs = pdu::logout(RESERVED_TAG - 1, st.cmd_sn, st.exp_stat_sn);
             drop(st);
@@ -575,6 +610,58 @@ impl Shared {
     }
 
     /// Marks connection `id` as failed: every task on it ends with `ConnectionLost`.
+    /// Takes the writer, after sending what the outbox holds; letting it go sends
+    /// what came into the outbox meanwhile.
+    fn writing(&self) -> Writing<'_> {
+        let guard = self.writer.lock();
+        let queued = std::mem::take(&mut self.state.lock().outbox);
+        self.send_commands(queued);
+        Writing {
+            shared: self,
+            guard: Some(guard),
+        }
+    }
+
+    /// Sends the outbox unless another thread holds the writer (which then sends it
+    /// before it lets go, see [`Writing`]).
+    fn flush_outbox(&self) {
+        loop {
+            let Some(guard) = self.writer.try_lock() else {
+                return;
+            };
+            loop {
+                let queued = std::mem::take(&mut self.state.lock().outbox);
+                if queued.is_empty() {
+                    break;
+                }
+                self.send_commands(queued);
+            }
+            drop(guard);
+            // A command queued while this thread held the writer, by a caller whose
+            // try_lock failed, is sent by this thread.
+            if self.state.lock().outbox.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Writes queued command headers, in order, each run of one connection in one
+    /// vectored write; the caller holds the writer.
+    fn send_commands(&self, queued: Vec<(Conn, Bhs)>) {
+        let mut rest = &queued[..];
+        while let Some((conn, _)) = rest.first() {
+            let run = rest
+                .iter()
+                .position(|(c, _)| c.id != conn.id)
+                .unwrap_or(rest.len());
+            let heads: Vec<&Bhs> = rest[..run].iter().map(|(_, b)| b).collect();
+            if let Err(e) = wire::write_headers(&mut &*conn.stream, &heads) {
+                self.fail_connection(conn.id, format!("sending a command: {e}"));
+            }
+            rest = &rest[run..];
+        }
+    }
+
     fn fail_connection(&self, id: u64, reason: String) {
         let mut st = self.state.lock();
         let Some(conn) = st.conn.clone().filter(|c| c.id == id) else {
@@ -668,7 +755,7 @@ impl Shared {
                 op::NOP_IN => {
                     wire::skip(&mut r, bhs.padded_data_len())?;
                     if bhs.ttt() != RESERVED_TAG {
-                        let _w = self.writer.lock();
+                        let _w = self.writing();
                         let st = self.state.lock();
                         let reply = pdu::nop_out(
                             RESERVED_TAG,

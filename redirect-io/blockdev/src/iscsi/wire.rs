@@ -10,12 +10,32 @@ const PAD: [u8; 4] = [0; 4];
 /// Writes a PDU: the header and `data`, padded to 4 bytes, without copying the data.
 pub fn write_pdu(w: &mut impl Write, bhs: &Bhs, data: &[u8]) -> io::Result<()> {
     let pad = (4 - data.len() % 4) % 4;
-    let mut bufs = [
-        IoSlice::new(&bhs.0),
-        IoSlice::new(data),
-        IoSlice::new(&PAD[..pad]),
-    ];
-    let mut slices: &mut [IoSlice<'_>] = &mut bufs;
+    write_all_vectored(
+        w,
+        &mut [
+            IoSlice::new(&bhs.0),
+            IoSlice::new(data),
+            IoSlice::new(&PAD[..pad]),
+        ],
+    )
+}
+
+/// The most buffers one vectored write takes (Linux's IOV_MAX is 1024).
+const MAX_SLICES: usize = 512;
+
+/// Writes PDUs that are headers only (commands without data), in as few vectored
+/// writes as the system allows.
+pub fn write_headers(w: &mut impl Write, heads: &[&Bhs]) -> io::Result<()> {
+    for chunk in heads.chunks(MAX_SLICES) {
+        let mut bufs: Vec<IoSlice<'_>> = chunk.iter().map(|b| IoSlice::new(&b.0)).collect();
+        write_all_vectored(w, &mut bufs)?;
+    }
+    Ok(())
+}
+
+/// Writes every byte of `bufs`, in order.
+fn write_all_vectored(w: &mut impl Write, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut slices: &mut [IoSlice<'_>] = bufs;
     while !slices.is_empty() {
         match w.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -76,6 +96,27 @@ mod tests {
         let mut r = &out[..];
         let h = read_header(&mut r, 8192).unwrap();
         assert_eq!(read_data(&mut r, &h).unwrap(), b"hello");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn headers_go_out_in_order_in_one_stream() {
+        let heads: Vec<Bhs> = (0..1100u32)
+            .map(|i| {
+                let mut b = Bhs::new(op::NOP_IN, false);
+                b.0[16..20].copy_from_slice(&i.to_be_bytes());
+                b
+            })
+            .collect();
+        let refs: Vec<&Bhs> = heads.iter().collect();
+        let mut out = Vec::new();
+        write_headers(&mut out, &refs).unwrap();
+        assert_eq!(out.len(), 48 * 1100);
+        let mut r = &out[..];
+        for i in 0..1100u32 {
+            let h = read_header(&mut r, 8192).unwrap();
+            assert_eq!(h.0[16..20], i.to_be_bytes());
+        }
         assert!(r.is_empty());
     }
 
