@@ -181,20 +181,18 @@ impl DataPath {
     /// trying for that long.
     fn with_space<R>(&self, op: impl Fn() -> MetaResult<R>) -> MetaResult<R> {
         let deadline = self.layout_use.map(|u| Instant::now() + 2 * u);
-        loop {
-            match op() {
-                Err(MetaError::NoSpace) => {
-                    self.meta.sync()?;
-                    match op() {
-                        Err(MetaError::NoSpace) if deadline.is_some_and(|d| Instant::now() < d) => {
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        other => return other,
-                    }
-                }
-                other => return other,
+        let mut result = op();
+        while matches!(result, Err(MetaError::NoSpace)) {
+            self.meta.sync()?;
+            result = op();
+            if !matches!(result, Err(MetaError::NoSpace))
+                || deadline.is_none_or(|d| Instant::now() >= d)
+            {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        result
     }
 
     /// Fills `out` with one block of a range's map: its data if it holds written data,

@@ -256,8 +256,8 @@ impl Session {
         let expected = read_len.max(write_data.len());
         let cond = Arc::new(Condvar::new());
 
-        // Take a CmdSN and send the command, holding the writer so that commands go out
-        // in CmdSN order.
+        // Take a CmdSN and send the command: through the outbox, or, with data, holding
+        // the writer and sending the outbox's older commands first (CmdSN order).
         let (itt, conn) = loop {
             // A command with data holds the writer from its CmdSN to its last byte.
             let w = (!write_data.is_empty()).then(|| sh.writing());
