@@ -32,5 +32,11 @@ pub const MIN_MEMORY: u64 = 8 << 20;
 pub const COM1: u16 = 0x3f8;
 /// The paravirtual clock port: a 32-bit read gives the guest's milliseconds.
 pub const CLOCK_PORT: u16 = 0x510;
+/// The paravirtual idle port: a 32-bit write of n makes the vCPU wait n milliseconds
+/// (at most [`MAX_IDLE_MS`]) or until the VMM wants it, without using the host's CPU;
+/// the guest's stand-in for HLT with a timer.
+pub const IDLE_PORT: u16 = 0x518;
+/// The longest wait one write to [`IDLE_PORT`] asks for.
+pub const MAX_IDLE_MS: u32 = 10;
 /// The TSS the kernel's in-kernel irqchip needs (three pages, above memory).
 pub const TSS_ADDR: usize = 0xfffb_d000;

@@ -10,6 +10,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use parking_lot::{Condvar, Mutex};
 
 use super::MachineError;
+use super::layout::{IDLE_PORT, MAX_IDLE_MS};
 use super::memory::GuestRam;
 use crate::devices::Devices;
 
@@ -56,7 +57,11 @@ impl RunControl {
         {
             let mut s = self.state.lock();
             match &*s {
-                RunState::Running => *s = RunState::PauseRequested,
+                RunState::Running => {
+                    *s = RunState::PauseRequested;
+                    // An idle vCPU waits on `changed`: wake it.
+                    self.changed.notify_all();
+                }
                 RunState::Paused | RunState::PauseRequested => {}
                 other => return Err(MachineError::State(other.clone())),
             }
@@ -136,6 +141,16 @@ impl RunControl {
         }
     }
 
+    /// The guest idles for `ms` milliseconds (at most [`MAX_IDLE_MS`]): waits without
+    /// using the CPU, ending early when the VMM asks the vCPU to pause or stop.
+    fn idle(&self, ms: u32) {
+        let mut s = self.state.lock();
+        if *s == RunState::Running {
+            let wait = Duration::from_millis(u64::from(ms.min(MAX_IDLE_MS)));
+            self.changed.wait_for(&mut s, wait);
+        }
+    }
+
     /// Records that the guest can go no further.
     fn guest_stopped(&self, why: String) {
         self.set(RunState::Stopped(why));
@@ -172,7 +187,15 @@ pub fn run_vcpu(vcpu: &Mutex<VcpuFd>, devices: &Mutex<Devices>, ram: &GuestRam, 
     *run.thread.lock() = Some(unsafe { libc::pthread_self() });
     while run.may_run(devices) {
         let mut fd = vcpu.lock();
+        let mut idle_ms = 0;
         let stopped = match fd.run() {
+            Ok(VcpuExit::IoOut(IDLE_PORT, data)) => {
+                let mut ms = [0u8; 4];
+                let n = data.len().min(4);
+                ms[..n].copy_from_slice(&data[..n]);
+                idle_ms = u32::from_le_bytes(ms);
+                None
+            }
             Ok(VcpuExit::IoOut(port, data)) => {
                 devices.lock().io_out(port, data);
                 None
@@ -200,6 +223,9 @@ pub fn run_vcpu(vcpu: &Mutex<VcpuFd>, devices: &Mutex<Devices>, ram: &GuestRam, 
             Err(e) => Some(format!("KVM_RUN failed: {e}")),
         };
         drop(fd);
+        if idle_ms > 0 {
+            run.idle(idle_ms);
+        }
         if let Some(why) = stopped {
             devices.lock().clock.stop();
             run.guest_stopped(why);
