@@ -1,6 +1,9 @@
 //! Measures a LUN (an image file, a block device or an iscsi:// URL) the way csvfs
 //! uses it: N threads, each issuing one synchronous I/O at a time (queue depth N), for
-//! a fixed time, and prints one machine-readable line:
+//! a fixed time; or, with `--engine queue` (reads from an iscsi:// LUN), one thread
+//! keeping N reads outstanding through the initiator's read queue, as an asynchronous
+//! initiator (libiscsi's iscsi-perf, fio's libaio) does. Prints one machine-readable
+//! line:
 //!
 //! ```text
 //! pattern=randread bs=4096 depth=32 seconds=10.00 ops=123456 MiB/s=48.2 IOPS=12345
@@ -19,14 +22,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use blockdev::iscsi::{IscsiDevice, ReadQueue};
 use blockdev::{AlignedBuf, BlockDevice, open_lun};
 
 const USAGE: &str = "\
 usage: lun_bench LUN --pattern randread|randwrite|seqread|seqwrite --bs BYTES
-                 --depth N --seconds S [--span BYTES]
+                 --depth N --seconds S [--span BYTES] [--engine threads|queue]
 (BYTES may end in K, M or G: 4K, 1M, 2G)
 
-Runs N threads, each doing one I/O of BYTES at a time, for S seconds, and prints
+Runs N threads, each doing one I/O of BYTES at a time, for S seconds (--engine
+queue, reads from an iscsi:// LUN only: one thread keeping N reads out), and prints
 pattern=.. bs=.. depth=.. seconds=.. ops=.. MiB/s=.. IOPS=..
 LUN is an image file, a block device or iscsi://HOST[:PORT]/IQN/LUN[?initiator=NAME].
 Random offsets fall in the first BYTES of the LUN (--span, default the whole LUN up
@@ -70,6 +75,7 @@ struct Args {
     depth: usize,
     seconds: f64,
     span: Option<u64>,
+    queue: bool,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -102,6 +108,7 @@ fn parse_bytes(v: &str) -> Option<u64> {
 fn parse_args() -> Args {
     let mut lun = None;
     let (mut pattern, mut bs, mut depth, mut seconds, mut span) = (None, None, None, None, None);
+    let mut queue = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         if a == "-h" || a == "--help" {
@@ -141,6 +148,13 @@ fn parse_args() -> Args {
                 )
             }
             "--span" => span = Some(num(&v)),
+            "--engine" => {
+                queue = match v.as_str() {
+                    "threads" => false,
+                    "queue" => true,
+                    _ => fail(format!("unknown engine {v}\n{USAGE}")),
+                }
+            }
             _ => fail(format!("unknown option {a}\n{USAGE}")),
         }
     }
@@ -152,9 +166,13 @@ fn parse_args() -> Args {
         depth: depth.unwrap_or_else(|| missing("--depth")),
         seconds: seconds.unwrap_or_else(|| missing("--seconds")),
         span,
+        queue,
     };
     if args.bs == 0 || args.depth == 0 {
         fail("--bs and --depth must be at least 1");
+    }
+    if args.queue && (args.pattern.writes() || !args.lun.starts_with("iscsi://")) {
+        fail("--engine queue reads from an iscsi:// LUN only");
     }
     args
 }
@@ -189,20 +207,10 @@ fn worker(
             *b = ((i as u64 + index * 7) % 251 + 1) as u8;
         }
     }
-    let blocks = span / a.bs;
-    let slice = blocks / a.depth as u64;
-    let mut rng = Rng(index ^ std::process::id() as u64 ^ 0x5eed);
-    let mut next_seq = 0;
+    let mut offsets = Offsets::new(a, span, index);
     let mut ops = 0;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let block = if a.pattern.random() {
-            rng.next() % blocks
-        } else {
-            let b = index * slice + next_seq;
-            next_seq = (next_seq + 1) % slice;
-            b
-        };
-        let offset = block * a.bs;
+        let offset = offsets.next(index, ops);
         if a.pattern.writes() {
             dev.write_at(&buf, offset)?;
         } else {
@@ -213,9 +221,80 @@ fn worker(
     Ok(ops)
 }
 
+/// Where I/O number `n` of slot `index` goes: a random block, or the slot's next one.
+struct Offsets {
+    random: bool,
+    bs: u64,
+    blocks: u64,
+    slice: u64,
+    rng: Rng,
+}
+
+impl Offsets {
+    fn new(a: &Args, span: u64, seed: u64) -> Offsets {
+        let blocks = span / a.bs;
+        Offsets {
+            random: a.pattern.random(),
+            bs: a.bs,
+            blocks,
+            slice: blocks / a.depth as u64,
+            rng: Rng(seed ^ std::process::id() as u64 ^ 0x5eed),
+        }
+    }
+
+    fn next(&mut self, index: u64, n: u64) -> u64 {
+        let block = if self.random {
+            self.rng.next() % self.blocks
+        } else {
+            index * self.slice + n % self.slice
+        };
+        block * self.bs
+    }
+}
+
+/// The queue engine: one thread keeping `a.depth` reads out until `deadline`.
+/// Returns the number of reads done.
+fn queued(
+    dev: &IscsiDevice,
+    a: &Args,
+    span: u64,
+    deadline: Instant,
+) -> Result<u64, blockdev::BlockError> {
+    let q = ReadQueue::new(dev);
+    let mut offsets = Offsets::new(a, span, 0);
+    let mut done_per_slot = vec![0u64; a.depth];
+    for slot in 0..a.depth as u64 {
+        let offset = offsets.next(slot, 0);
+        q.submit(slot, offset, vec![0u8; a.bs as usize])
+            .map_err(|(_, e)| e)?;
+    }
+    let mut ops = 0;
+    while let Some(r) = q.next() {
+        r.result?;
+        ops += 1;
+        let slot = r.token;
+        done_per_slot[slot as usize] += 1;
+        if Instant::now() < deadline {
+            let offset = offsets.next(slot, done_per_slot[slot as usize]);
+            q.submit(slot, offset, r.buffer).map_err(|(_, e)| e)?;
+        }
+    }
+    Ok(ops)
+}
+
 fn main() {
     let a = parse_args();
-    let dev = open_lun(&a.lun, false).unwrap_or_else(|e| fail(chain(&e)));
+    let iscsi = a
+        .queue
+        .then(|| IscsiDevice::open(&a.lun).unwrap_or_else(|e| fail(chain(&e))));
+    let opened;
+    let dev: &dyn BlockDevice = match &iscsi {
+        Some(d) => d,
+        None => {
+            opened = open_lun(&a.lun, false).unwrap_or_else(|e| fail(chain(&e)));
+            &*opened
+        }
+    };
     let block_size = u64::from(dev.block_size());
     if !a.bs.is_multiple_of(block_size) {
         fail(format!(
@@ -246,25 +325,29 @@ fn main() {
     let first_error = Mutex::new(None);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.seconds);
-    let ops: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..a.depth as u64)
-            .map(|i| {
-                let (dev, a, stop, first_error) = (&*dev, &a, &stop, &first_error);
-                s.spawn(move || match worker(dev, a, span, i, deadline, stop) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
-                        first_error.lock().expect("no panics").get_or_insert(e);
-                        0
-                    }
+    let ops: u64 = if let Some(d) = &iscsi {
+        queued(d, &a, span, deadline).unwrap_or_else(|e| fail(chain(&e)))
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..a.depth as u64)
+                .map(|i| {
+                    let (a, stop, first_error) = (&a, &stop, &first_error);
+                    s.spawn(move || match worker(dev, a, span, i, deadline, stop) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            first_error.lock().expect("no panics").get_or_insert(e);
+                            0
+                        }
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker panicked"))
-            .sum()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .sum()
+        })
+    };
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(e) = first_error.into_inner().expect("no panics") {
         fail(chain(&e));

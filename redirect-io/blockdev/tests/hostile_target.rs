@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blockdev::BlockError;
-use blockdev::iscsi::IscsiDevice;
+use blockdev::iscsi::{IscsiDevice, ReadQueue};
 
 /// The error with its sources, as the CLI prints it.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -45,6 +45,9 @@ enum Misbehaviour {
     R2tOnRead,
     /// Closes the connection in the middle of a header.
     HalfHeader,
+    /// Answers every command GOOD (a 1 MiB LUN of 512-byte blocks) except READ(16),
+    /// which it never answers; answers ABORT TASK.
+    SilentReads,
 }
 
 fn header(opcode: u8, flags: u8, itt: u32, data_len: u32) -> [u8; 48] {
@@ -113,36 +116,8 @@ fn serve(mut s: TcpStream, how: Misbehaviour) -> std::io::Result<()> {
             s.write_all(&r)?;
             s.write_all(&[0, 4, 0x10, 0, 0, 0, 0, 0])?;
         }
-        Misbehaviour::BadCapacity => {
-            // GOOD for TEST UNIT READY, INQUIRY and READ CAPACITY, with data where asked.
-            let mut next = (h, itt);
-            loop {
-                let (h, itt) = next;
-                let cdb0 = h[32];
-                let data: Vec<u8> = match cdb0 {
-                    0x12 => {
-                        let mut d = vec![0u8; 36];
-                        d[8..12].copy_from_slice(b"TEST");
-                        d
-                    }
-                    0x9e => {
-                        let mut d = vec![0u8; 32];
-                        d[7] = 0xff;
-                        d[8..12].copy_from_slice(&3u32.to_be_bytes());
-                        d
-                    }
-                    _ => Vec::new(),
-                };
-                if data.is_empty() {
-                    s.write_all(&header(0x21, 0x80, itt, 0))?;
-                } else {
-                    s.write_all(&header(0x25, 0x81, itt, data.len() as u32))?;
-                    s.write_all(&data)?;
-                }
-                let (h2, _) = read_pdu(&mut s)?;
-                next = (h2, u32::from_be_bytes(h2[16..20].try_into().unwrap()));
-            }
-        }
+        Misbehaviour::BadCapacity => answer_commands(s, h, 3)?,
+        Misbehaviour::SilentReads => answer_commands(s, h, 512)?,
         Misbehaviour::UnknownTask => {
             s.write_all(&header(0x21, 0x80, itt ^ 0x5555, 0))?;
             while read_pdu(&mut s).is_ok() {}
@@ -158,6 +133,47 @@ fn serve(mut s: TcpStream, how: Misbehaviour) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Answers GOOD to every command from `first` on, with data for INQUIRY and READ
+/// CAPACITY (blocks of `block_size`, 2048 of them); never answers a READ(16); answers
+/// ABORT TASK "function complete".
+fn answer_commands(mut s: TcpStream, first: [u8; 48], block_size: u32) -> std::io::Result<()> {
+    let mut h = first;
+    loop {
+        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        let data: Vec<u8> = match (h[0] & 0x3f, h[32]) {
+            (0x02, _) => {
+                // ABORT TASK: done (the task is forgotten).
+                s.write_all(&header(0x22, 0x80, itt, 0))?;
+                h = read_pdu(&mut s)?.0;
+                continue;
+            }
+            (_, 0x88) => {
+                h = read_pdu(&mut s)?.0;
+                continue;
+            }
+            (_, 0x12) => {
+                let mut d = vec![0u8; 36];
+                d[8..12].copy_from_slice(b"TEST");
+                d
+            }
+            (_, 0x9e) => {
+                let mut d = vec![0u8; 32];
+                d[0..8].copy_from_slice(&2047u64.to_be_bytes());
+                d[8..12].copy_from_slice(&block_size.to_be_bytes());
+                d
+            }
+            _ => Vec::new(),
+        };
+        if data.is_empty() {
+            s.write_all(&header(0x21, 0x80, itt, 0))?;
+        } else {
+            s.write_all(&header(0x25, 0x81, itt, data.len() as u32))?;
+            s.write_all(&data)?;
+        }
+        h = read_pdu(&mut s)?.0;
+    }
 }
 
 /// A scripted target on a free port; it serves every connection the same way.
@@ -322,4 +338,45 @@ fn a_target_ping_is_answered() {
         .expect_err("the command was failed");
     assert!(chain(&err).contains("ILLEGAL REQUEST"), "{}", chain(&err));
     target.join().expect("the target saw the NOP-Out");
+}
+
+/// Reads kept out through the read queue that the target never answers each end with
+/// a timeout (after ABORT TASK) within the URL's timeout and a little, not a hang; the
+/// session goes on serving other commands.
+#[test]
+fn unanswered_queued_reads_time_out() {
+    let t = ScriptedTarget::start(Misbehaviour::SilentReads);
+    let timeout = 2;
+    let url = format!(
+        "iscsi://127.0.0.1:{}/iqn.2026-11.io.csvfs:hostile/1?timeout={timeout}",
+        t.port
+    );
+    let dev = IscsiDevice::open(&url).expect("everything but reads is answered");
+    let q = ReadQueue::new(&dev);
+    let start = Instant::now();
+    for token in 0..4u64 {
+        q.submit(token, token * 4096, vec![0u8; 4096])
+            .map_err(|(_, e)| e)
+            .unwrap();
+    }
+    let mut ended = Vec::new();
+    while let Some(r) = q.next() {
+        let err = r.result.expect_err("never answered");
+        assert!(
+            matches!(&err, BlockError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+            "read {}: {err:?}",
+            r.token
+        );
+        assert!(chain(&err).contains("aborted"), "{}", chain(&err));
+        assert_eq!(r.buffer.len(), 4096, "the buffer comes back");
+        ended.push(r.token);
+    }
+    let took = start.elapsed();
+    ended.sort_unstable();
+    assert_eq!(ended, vec![0, 1, 2, 3]);
+    assert!(took >= Duration::from_secs(timeout), "{took:?}");
+    assert!(took < Duration::from_secs(timeout + 4), "{took:?}");
+    dev.test_unit_ready()
+        .expect("the session still serves commands");
+    println!("4 unanswered queued reads ended TimedOut after {took:?}");
 }

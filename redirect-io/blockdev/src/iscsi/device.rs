@@ -23,7 +23,7 @@ use super::url::IscsiUrl;
 use crate::{BlockDevice, BlockError, PrHolder, PrKey, PrKeys, PrOut};
 
 /// The most data one READ(16) or WRITE(16) moves; larger I/O is split.
-const MAX_COMMAND_BYTES: usize = 1 << 20;
+pub(super) const MAX_COMMAND_BYTES: usize = 1 << 20;
 
 /// A LUN reached through the built-in iSCSI initiator.
 #[derive(Debug)]
@@ -176,6 +176,38 @@ impl IscsiDevice {
         }
     }
 
+    /// A command that did not complete, as a [`BlockError`] (no retry considered).
+    fn failed(&self, op: &'static str, offset: u64, e: CommandError) -> BlockError {
+        match e {
+            CommandError::ConnectionLost(why) => {
+                self.io(op, offset, io::ErrorKind::ConnectionReset, why)
+            }
+            CommandError::TimedOut(why) => self.io(op, offset, io::ErrorKind::TimedOut, why),
+            CommandError::Closed => self.io(
+                op,
+                offset,
+                io::ErrorKind::NotConnected,
+                "the iSCSI session is closed".into(),
+            ),
+            CommandError::Protocol(why) => self.protocol(why),
+        }
+    }
+
+    /// A read that could not be sent, as a [`BlockError`].
+    pub(super) fn command_error(&self, offset: u64, e: CommandError) -> BlockError {
+        self.failed("read", offset, e)
+    }
+
+    /// The session, for queued reads.
+    pub(super) fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The LUN's name in messages.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     fn possibly_fenced(&self, reason: &str) -> BlockError {
         BlockError::PossiblyFenced {
             lun: self.name.clone(),
@@ -290,18 +322,7 @@ impl IscsiDevice {
                     }
                     continue;
                 }
-                Err(CommandError::TimedOut(why)) => {
-                    return Err(self.io(op.name(), offset, io::ErrorKind::TimedOut, why));
-                }
-                Err(CommandError::Closed) => {
-                    return Err(self.io(
-                        op.name(),
-                        offset,
-                        io::ErrorKind::NotConnected,
-                        "the iSCSI session is closed".into(),
-                    ));
-                }
-                Err(CommandError::Protocol(why)) => return Err(self.protocol(why)),
+                Err(e) => return Err(self.failed(op.name(), offset, e)),
             };
             match c.status {
                 sense::GOOD => return Ok(c),

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::completion_queue::{CompletionQueue, Outstanding, QueuedRead};
 use super::conn_reader::ConnReader;
 use super::login::{self, LoggedIn, LoginError};
 use super::pdu::{self, Bhs, DataOut, RESERVED_TAG, ScsiCommand, ScsiResponse, op, sn_lt};
@@ -96,8 +97,23 @@ struct ReadTarget {
 // until it has removed the task and no read into it is in progress (`reader_busy`).
 unsafe impl Send for ReadTarget {}
 
+/// Who waits for a task's end.
+enum Waiter {
+    /// A thread blocked in [`Session::execute`] (or an abort), on this condition
+    /// variable; it takes the task out of the table itself.
+    Thread(Arc<Condvar>),
+    /// A read from [`Session::submit_read`]: the task owns its buffer (its
+    /// [`ReadTarget`] points into it) and leaves the table for the queue when it ends.
+    Queue {
+        queue: Arc<CompletionQueue>,
+        token: u64,
+        cdb: [u8; 16],
+        buffer: Vec<u8>,
+    },
+}
+
 struct Task {
-    cond: Arc<Condvar>,
+    waiter: Waiter,
     conn_id: u64,
     cmd_sn: u32,
     read: Option<ReadTarget>,
@@ -248,17 +264,76 @@ impl Session {
     ) -> Result<Completion, CommandError> {
         let sh = &*self.shared;
         let deadline = Instant::now() + sh.url.timeout;
-        let (read_len, write_data): (usize, &[u8]) = match &transfer {
-            Transfer::None => (0, &[]),
-            Transfer::Read(b) => (b.len(), &[]),
-            Transfer::Write(b) => (0, b),
+        let write_data: &[u8] = match &transfer {
+            Transfer::Write(b) => b,
+            _ => &[],
         };
-        let expected = read_len.max(write_data.len());
         let cond = Arc::new(Condvar::new());
+        let read = match &mut transfer {
+            Transfer::Read(b) => Some(ReadTarget {
+                ptr: b.as_mut_ptr(),
+                len: b.len(),
+            }),
+            _ => None,
+        };
+        let (itt, conn) = self
+            .start(
+                cdb,
+                read,
+                write_data,
+                Waiter::Thread(Arc::clone(&cond)),
+                deadline,
+            )
+            .map_err(|(_, e)| e)?;
 
-        // Take a CmdSN and send the command: through the outbox, or, with data, holding
-        // the writer and sending the outbox's older commands first (CmdSN order).
-        let (itt, conn) = loop {
+        // Wait for the answer, sending the data each R2T asks for.
+        let mut st = sh.state.lock();
+        loop {
+            let task = st
+                .tasks
+                .get_mut(&itt)
+                .expect("only this caller removes its task");
+            if task.done.is_some() {
+                break;
+            }
+            if let Some((ttt, off, len)) = task.r2ts.pop_front() {
+                drop(st);
+                let w = sh.writing();
+                let r = sh.send_data_out(&conn, itt, ttt, write_data, off as usize, len as usize);
+                drop(w);
+                if let Err(e) = r {
+                    sh.fail_connection(conn.id, format!("sending Data-Out: {e}"));
+                }
+                st = sh.state.lock();
+                continue;
+            }
+            if cond.wait_until(&mut st, deadline).timed_out()
+                && st.tasks.get(&itt).is_some_and(|t| t.done.is_none())
+            {
+                drop(st);
+                return Err(self.abort(itt, &conn, &cond));
+            }
+        }
+        let task = remove_task(&mut st, itt, &cond);
+        task.done.expect("loop ends when done")
+    }
+
+    /// Takes a CmdSN and sends the command: through the outbox, or, with data, holding
+    /// the writer and sending the outbox's older commands first (CmdSN order). The
+    /// task is in the table when this returns; on failure the waiter comes back.
+    fn start(
+        &self,
+        cdb: [u8; 16],
+        mut read: Option<ReadTarget>,
+        write_data: &[u8],
+        waiter: Waiter,
+        deadline: Instant,
+    ) -> Result<(u32, Conn), (Waiter, CommandError)> {
+        let sh = &*self.shared;
+        let read_len = read.as_ref().map_or(0, |r| r.len);
+        let expected = read_len.max(write_data.len());
+
+        loop {
             // A command with data holds the writer from its CmdSN to its last byte.
             let w = (!write_data.is_empty()).then(|| sh.writing());
             let mut st = sh.state.lock();
@@ -270,10 +345,10 @@ impl Session {
                 st = sh.state.lock();
                 while !st.ready() {
                     if st.closing {
-                        return Err(CommandError::Closed);
+                        return Err((waiter, CommandError::Closed));
                     }
                     if sh.changed.wait_until(&mut st, deadline).timed_out() {
-                        return Err(CommandError::TimedOut(format!(
+                        let why = format!(
                             "no usable connection to {} within {:?}{}",
                             sh.url.display_name(),
                             sh.url.timeout,
@@ -281,7 +356,8 @@ impl Session {
                                 .as_ref()
                                 .map(|e| format!(" (last error: {e})"))
                                 .unwrap_or_default()
-                        )));
+                        );
+                        return Err((waiter, CommandError::TimedOut(why)));
                     }
                 }
                 continue;
@@ -290,20 +366,16 @@ impl Session {
             let itt = st.take_itt();
             let cmd_sn = st.cmd_sn;
             st.cmd_sn = st.cmd_sn.wrapping_add(1);
-            let read = match &mut transfer {
-                Transfer::Read(b) => Some(ReadTarget {
-                    ptr: b.as_mut_ptr(),
-                    len: b.len(),
-                }),
-                _ => None,
-            };
+            if let Waiter::Queue { queue, token, .. } = &waiter {
+                queue.note_outstanding(*token, Outstanding { itt, deadline });
+            }
             st.tasks.insert(
                 itt,
                 Task {
-                    cond: Arc::clone(&cond),
+                    waiter,
                     conn_id: conn.id,
                     cmd_sn,
-                    read,
+                    read: read.take(),
                     write_len: write_data.len(),
                     reader_busy: false,
                     removing: false,
@@ -342,7 +414,7 @@ impl Session {
                 st.outbox.push((conn.clone(), cmd.bhs()));
                 drop(st);
                 sh.flush_outbox();
-                break (itt, conn);
+                return Ok((itt, conn));
             };
             let older = std::mem::take(&mut st.outbox);
             drop(st);
@@ -362,44 +434,47 @@ impl Session {
             if let Err(e) = sent {
                 sh.fail_connection(conn.id, format!("sending a command: {e}"));
             }
-            break (itt, conn);
-        };
-
-        // Wait for the answer, sending the data each R2T asks for.
-        let mut st = sh.state.lock();
-        loop {
-            let task = st
-                .tasks
-                .get_mut(&itt)
-                .expect("only this caller removes its task");
-            if task.done.is_some() {
-                break;
-            }
-            if let Some((ttt, off, len)) = task.r2ts.pop_front() {
-                drop(st);
-                let w = sh.writing();
-                let r = sh.send_data_out(&conn, itt, ttt, write_data, off as usize, len as usize);
-                drop(w);
-                if let Err(e) = r {
-                    sh.fail_connection(conn.id, format!("sending Data-Out: {e}"));
-                }
-                st = sh.state.lock();
-                continue;
-            }
-            if cond.wait_until(&mut st, deadline).timed_out()
-                && st.tasks.get(&itt).is_some_and(|t| t.done.is_none())
-            {
-                drop(st);
-                return Err(self.abort(itt, &conn));
-            }
+            return Ok((itt, conn));
         }
-        let task = remove_task(&mut st, itt, &cond);
-        task.done.expect("loop ends when done")
     }
 
     /// Gives up on a task that got no answer: ABORT TASK, and if even that goes
-    /// unanswered, drops the connection so that it is re-established.
-    fn abort(&self, itt: u32, conn: &Conn) -> CommandError {
+    /// unanswered, drops the connection so that it is re-established. `cond` is the
+    /// task's own (its caller is this thread).
+    fn abort(&self, itt: u32, conn: &Conn, cond: &Condvar) -> CommandError {
+        let sh = &*self.shared;
+        let answered = self.abort_task(itt, conn);
+        let mut st = sh.state.lock();
+        let task = remove_task(&mut st, itt, cond);
+        drop(st);
+        if let Some(done) = task.done {
+            // The answer came while we aborted.
+            return match done {
+                Ok(_) => CommandError::TimedOut(format!(
+                    "command to {} answered only after its {:?} timeout",
+                    sh.url.display_name(),
+                    sh.url.timeout
+                )),
+                Err(e) => e,
+            };
+        }
+        if !answered {
+            sh.fail_connection(conn.id, "the target did not answer ABORT TASK".into());
+        }
+        self.aborted()
+    }
+
+    fn aborted(&self) -> CommandError {
+        let sh = &*self.shared;
+        CommandError::TimedOut(format!(
+            "command to {} got no answer within {:?} and was aborted",
+            sh.url.display_name(),
+            sh.url.timeout
+        ))
+    }
+
+    /// Sends ABORT TASK for `itt` and waits up to 5 s for the answer; whether it came.
+    fn abort_task(&self, itt: u32, conn: &Conn) -> bool {
         let sh = &*self.shared;
         let cond = Arc::new(Condvar::new());
         let (tmf_itt, ref_cmd_sn) = {
@@ -410,7 +485,7 @@ impl Session {
             st.tasks.insert(
                 tmf_itt,
                 Task {
-                    cond: Arc::clone(&cond),
+                    waiter: Waiter::Thread(Arc::clone(&cond)),
                     conn_id: conn.id,
                     cmd_sn,
                     read: None,
@@ -443,28 +518,92 @@ impl Session {
                 }
             };
         remove_task(&mut st, tmf_itt, &cond);
-        let task_cond = Arc::clone(&st.tasks.get(&itt).expect("task still there").cond);
-        let task = remove_task(&mut st, itt, &task_cond);
+        answered
+    }
+
+    /// Sends READ command `cdb` into `buffer` without waiting for it: its end, with the
+    /// buffer, goes to `queue` under `token` (unique among the queue's outstanding
+    /// reads), where [`Session::next_queued`] takes it. On failure to send, the buffer
+    /// comes back with the error.
+    pub fn submit_read(
+        &self,
+        cdb: [u8; 16],
+        mut buffer: Vec<u8>,
+        token: u64,
+        queue: &Arc<CompletionQueue>,
+    ) -> Result<(), (Vec<u8>, CommandError)> {
+        if queue.has(token) {
+            return Err((
+                buffer,
+                CommandError::Protocol(format!("read {token} is already outstanding")),
+            ));
+        }
+        let deadline = Instant::now() + self.shared.url.timeout;
+        // The buffer's heap stays where it is when the Vec moves into the task.
+        let read = ReadTarget {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+        };
+        let waiter = Waiter::Queue {
+            queue: Arc::clone(queue),
+            token,
+            cdb,
+            buffer,
+        };
+        match self.start(cdb, Some(read), &[], waiter, deadline) {
+            Ok(_) => Ok(()),
+            Err((Waiter::Queue { buffer, .. }, e)) => Err((buffer, e)),
+            Err((Waiter::Thread(_), e)) => Err((Vec::new(), e)),
+        }
+    }
+
+    /// The next read of `queue` to end, waiting for it; None when none is outstanding.
+    /// A read that passes its deadline is aborted and ends `TimedOut`.
+    pub fn next_queued(&self, queue: &CompletionQueue) -> Option<QueuedRead> {
+        loop {
+            let mut q = queue.inner.lock();
+            if let Some(ended) = q.ended.pop_front() {
+                q.outstanding.remove(&ended.token);
+                return Some(ended);
+            }
+            let (&token, &o) = q.outstanding.iter().min_by_key(|(_, o)| o.deadline)?;
+            if Instant::now() < o.deadline {
+                queue.ready.wait_until(&mut q, o.deadline);
+                continue;
+            }
+            drop(q);
+            self.abort_queued(token, o.itt);
+        }
+    }
+
+    /// Aborts overdue read `token` (task `itt`); its end goes to its queue.
+    fn abort_queued(&self, token: u64, itt: u32) {
+        let sh = &*self.shared;
+        let conn = {
+            let st = sh.state.lock();
+            let ours = st.tasks.get(&itt).is_some_and(
+                |t| matches!(&t.waiter, Waiter::Queue { token: k, .. } if *k == token),
+            );
+            if !ours {
+                // It ended meanwhile: its end is in the queue.
+                return;
+            }
+            st.conn
+                .clone()
+                .filter(|c| Some(c.id) == st.tasks.get(&itt).map(|t| t.conn_id))
+        };
+        let answered = conn.as_ref().is_some_and(|c| self.abort_task(itt, c));
+        let mut st = sh.state.lock();
+        if let Some(t) = st.tasks.get_mut(&itt)
+            && t.done.is_none()
+        {
+            t.done = Some(Err(self.aborted()));
+        }
+        wake(&mut st, itt);
         drop(st);
-        if let Some(done) = task.done {
-            // The answer came while we aborted.
-            return match done {
-                Ok(_) => CommandError::TimedOut(format!(
-                    "command to {} answered only after its {:?} timeout",
-                    sh.url.display_name(),
-                    sh.url.timeout
-                )),
-                Err(e) => e,
-            };
+        if let (Some(c), false) = (conn, answered) {
+            sh.fail_connection(c.id, "the target did not answer ABORT TASK".into());
         }
-        if !answered {
-            sh.fail_connection(conn.id, "the target did not answer ABORT TASK".into());
-        }
-        CommandError::TimedOut(format!(
-            "command to {} got no answer within {:?} and was aborted",
-            sh.url.display_name(),
-            sh.url.timeout
-        ))
     }
 
     /// Logs out and stops the connection thread.
@@ -673,11 +812,17 @@ impl Shared {
             tracing::warn!(lun = %self.url.display_name(), %reason, "iSCSI connection lost");
         }
         st.last_error = Some(reason.clone());
-        for t in st.tasks.values_mut().filter(|t| t.conn_id == id) {
-            if t.done.is_none() {
+        let on_it: Vec<u32> = (st.tasks.iter())
+            .filter(|(_, t)| t.conn_id == id)
+            .map(|(&itt, _)| itt)
+            .collect();
+        for itt in on_it {
+            if let Some(t) = st.tasks.get_mut(&itt)
+                && t.done.is_none()
+            {
                 t.done = Some(Err(CommandError::ConnectionLost(reason.clone())));
             }
-            t.cond.notify_all();
+            wake(&mut st, itt);
         }
         drop(st);
         self.changed.notify_all();
@@ -779,7 +924,7 @@ impl Shared {
                             residual: None,
                             generation: 0,
                         }));
-                        t.cond.notify_all();
+                        wake(&mut st, bhs.itt());
                     }
                 }
                 op::LOGOUT_RESPONSE => {
@@ -807,12 +952,13 @@ impl Shared {
                     let rejected = Bhs::decode_any(&data);
                     let reason = bhs.byte2();
                     let mut st = self.state.lock();
-                    match rejected.and_then(|b| st.tasks.get_mut(&b.itt())) {
-                        Some(t) => {
+                    let itt = rejected.map(|b| b.itt());
+                    match itt.and_then(|i| st.tasks.get_mut(&i).map(|t| (i, t))) {
+                        Some((i, t)) => {
                             t.done = Some(Err(CommandError::Protocol(format!(
                                 "the target rejected the command (reason {reason:#04x})"
                             ))));
-                            t.cond.notify_all();
+                            wake(&mut st, i);
                         }
                         None => {
                             return Err(wire::invalid(format!(
@@ -888,8 +1034,10 @@ impl Shared {
         let task = st.tasks.get_mut(&bhs.itt()).expect("a busy task stays");
         task.reader_busy = false;
         task.data_in = task.data_in.max(off + len);
-        if task.removing {
-            task.cond.notify_all();
+        if task.removing || task.done.is_some() {
+            // A caller waits to take the task out, or it ended (its connection was
+            // failed) while its data came in.
+            wake(&mut st, bhs.itt());
         }
         res?;
         if let Some(resp) = resp {
@@ -912,7 +1060,7 @@ impl Shared {
             )));
         }
         task.r2ts.push_back((bhs.ttt(), off, len));
-        task.cond.notify_all();
+        wake(&mut st, bhs.itt());
         Ok(())
     }
 
@@ -959,7 +1107,43 @@ fn complete(st: &mut State, bhs: &Bhs, resp: ScsiResponse, sense: Vec<u8>) {
         })
     };
     task.done = Some(result);
-    task.cond.notify_all();
+    wake(st, bhs.itt());
+}
+
+/// Wakes whoever waits for task `itt`. A queued read that has ended leaves the table
+/// for its queue, once no Data-In read into its buffer is in progress (the reader
+/// wakes it again when it finishes).
+fn wake(st: &mut State, itt: u32) {
+    let Some(t) = st.tasks.get(&itt) else {
+        return;
+    };
+    match &t.waiter {
+        Waiter::Thread(cond) => {
+            cond.notify_all();
+        }
+        Waiter::Queue { .. } if t.done.is_some() && !t.reader_busy => {
+            if let Some(Task {
+                waiter:
+                    Waiter::Queue {
+                        queue,
+                        token,
+                        cdb,
+                        buffer,
+                    },
+                done: Some(result),
+                ..
+            }) = st.tasks.remove(&itt)
+            {
+                queue.push(QueuedRead {
+                    token,
+                    cdb,
+                    buffer,
+                    result,
+                });
+            }
+        }
+        Waiter::Queue { .. } => {}
+    }
 }
 
 fn connect_and_login(url: &IscsiUrl, isid: [u8; 6]) -> Result<(TcpStream, LoggedIn), LoginError> {
