@@ -54,6 +54,11 @@ impl CompletionQueue {
         self.inner.lock().outstanding.len()
     }
 
+    /// Whether ended reads wait to be taken.
+    pub(super) fn has_ended(&self) -> bool {
+        !self.inner.lock().ended.is_empty()
+    }
+
     /// Whether `token` is out already.
     pub(super) fn has(&self, token: u64) -> bool {
         self.inner.lock().outstanding.contains_key(&token)

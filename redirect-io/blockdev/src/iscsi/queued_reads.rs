@@ -123,3 +123,11 @@ impl<'d> ReadQueue<'d> {
         })
     }
 }
+
+impl Drop for ReadQueue<'_> {
+    /// Sends what [`ReadQueue::submit`] left in the outbox: reads still out go on
+    /// (their tasks own their buffers), their ends unread.
+    fn drop(&mut self) {
+        self.dev.session().send_queued();
+    }
+}

@@ -332,6 +332,10 @@ impl Session {
         let sh = &*self.shared;
         let read_len = read.as_ref().map_or(0, |r| r.len);
         let expected = read_len.max(write_data.len());
+        // A queued read whose submitter has more ended reads to take (and so more
+        // reads to submit) stays in the outbox: the submitter's next command, or its
+        // wait in `next_queued`, sends them all in one write.
+        let defer_send = matches!(&waiter, Waiter::Queue { queue, .. } if queue.has_ended());
 
         loop {
             // A command with data holds the writer from its CmdSN to its last byte.
@@ -339,9 +343,11 @@ impl Session {
             let mut st = sh.state.lock();
             if !st.ready() {
                 // Let the writer go (which looks at the outbox, under the state lock)
-                // before waiting.
+                // before waiting, and send what queued reads left in the outbox: the
+                // window opens only as the target answers them.
                 drop(st);
                 drop(w);
+                sh.flush_outbox();
                 st = sh.state.lock();
                 while !st.ready() {
                     if st.closing {
@@ -413,7 +419,9 @@ impl Session {
             let Some(w) = w else {
                 st.outbox.push((conn.clone(), cmd.bhs()));
                 drop(st);
-                sh.flush_outbox();
+                if !defer_send {
+                    sh.flush_outbox();
+                }
                 return Ok((itt, conn));
             };
             let older = std::mem::take(&mut st.outbox);
@@ -523,8 +531,11 @@ impl Session {
 
     /// Sends READ command `cdb` into `buffer` without waiting for it: its end, with the
     /// buffer, goes to `queue` under `token` (unique among the queue's outstanding
-    /// reads), where [`Session::next_queued`] takes it. On failure to send, the buffer
-    /// comes back with the error.
+    /// reads), where [`Session::next_queued`] takes it. While ended reads wait in the
+    /// queue, the command stays in the outbox for the submitter's next send (its next
+    /// command, [`Session::next_queued`] or [`Session::send_queued`]), so that the reads
+    /// submitted for a batch of ends go out in one write. On failure to send, the
+    /// buffer comes back with the error.
     pub fn submit_read(
         &self,
         cdb: [u8; 16],
@@ -568,12 +579,24 @@ impl Session {
             }
             let (&token, &o) = q.outstanding.iter().min_by_key(|(_, o)| o.deadline)?;
             if Instant::now() < o.deadline {
-                queue.ready.wait_until(&mut q, o.deadline);
+                // Reads submitted while more ends were waiting may still be in the
+                // outbox: send them before sleeping.
+                drop(q);
+                self.shared.flush_outbox();
+                let mut q = queue.inner.lock();
+                if q.ended.is_empty() {
+                    queue.ready.wait_until(&mut q, o.deadline);
+                }
                 continue;
             }
             drop(q);
             self.abort_queued(token, o.itt);
         }
+    }
+
+    /// Sends the queued reads still in the outbox (see [`Session::submit_read`]).
+    pub fn send_queued(&self) {
+        self.shared.flush_outbox();
     }
 
     /// Aborts overdue read `token` (task `itt`); its end goes to its queue.
