@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use blockdev::BlockError;
 use blockdev::iscsi::{IscsiDevice, ReadQueue};
+use blockdev::{BlockDevice, BlockError};
 
 /// The error with its sources, as the CLI prints it.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -48,6 +48,9 @@ enum Misbehaviour {
     /// Answers every command GOOD (a 1 MiB LUN of 512-byte blocks) except READ(16),
     /// which it never answers; answers ABORT TASK.
     SilentReads,
+    /// The same, but answers the first READ(16) with a UNIT ATTENTION (registrations
+    /// preempted) and every later one with its data (bytes 0xab).
+    UnitAttentionOnFirstRead,
 }
 
 fn header(opcode: u8, flags: u8, itt: u32, data_len: u32) -> [u8; 48] {
@@ -116,8 +119,11 @@ fn serve(mut s: TcpStream, how: Misbehaviour) -> std::io::Result<()> {
             s.write_all(&r)?;
             s.write_all(&[0, 4, 0x10, 0, 0, 0, 0, 0])?;
         }
-        Misbehaviour::BadCapacity => answer_commands(s, h, 3)?,
-        Misbehaviour::SilentReads => answer_commands(s, h, 512)?,
+        Misbehaviour::BadCapacity => answer_commands(s, h, 3, None)?,
+        Misbehaviour::SilentReads => answer_commands(s, h, 512, None)?,
+        Misbehaviour::UnitAttentionOnFirstRead => {
+            answer_commands(s, h, 512, Some([0x06, 0x2a, 0x03]))?
+        }
         Misbehaviour::UnknownTask => {
             s.write_all(&header(0x21, 0x80, itt ^ 0x5555, 0))?;
             while read_pdu(&mut s).is_ok() {}
@@ -136,9 +142,17 @@ fn serve(mut s: TcpStream, how: Misbehaviour) -> std::io::Result<()> {
 }
 
 /// Answers GOOD to every command from `first` on, with data for INQUIRY and READ
-/// CAPACITY (blocks of `block_size`, 2048 of them); never answers a READ(16); answers
-/// ABORT TASK "function complete".
-fn answer_commands(mut s: TcpStream, first: [u8; 48], block_size: u32) -> std::io::Result<()> {
+/// CAPACITY (blocks of `block_size`, 2048 of them); answers ABORT TASK "function
+/// complete". READ(16): never answered without `first_read_sense`; with it (sense key,
+/// ASC, ASCQ), the first is answered CHECK CONDITION with that sense and the others
+/// with data.
+fn answer_commands(
+    mut s: TcpStream,
+    first: [u8; 48],
+    block_size: u32,
+    mut first_read_sense: Option<[u8; 3]>,
+) -> std::io::Result<()> {
+    let answer_reads = first_read_sense.is_some();
     let mut h = first;
     loop {
         let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
@@ -149,9 +163,25 @@ fn answer_commands(mut s: TcpStream, first: [u8; 48], block_size: u32) -> std::i
                 h = read_pdu(&mut s)?.0;
                 continue;
             }
-            (_, 0x88) => {
+            (_, 0x88) if !answer_reads => {
                 h = read_pdu(&mut s)?.0;
                 continue;
+            }
+            (_, 0x88) => {
+                if let Some([key, asc, ascq]) = first_read_sense.take() {
+                    let mut r = header(0x21, 0x80, itt, 20);
+                    r[3] = 0x02; // CHECK CONDITION
+                    s.write_all(&r)?;
+                    let mut sense = vec![0u8, 18, 0x70, 0, key];
+                    sense.resize(20, 0);
+                    sense[14] = asc;
+                    sense[15] = ascq;
+                    s.write_all(&sense)?;
+                    h = read_pdu(&mut s)?.0;
+                    continue;
+                }
+                let expected = u32::from_be_bytes(h[20..24].try_into().unwrap()) as usize;
+                vec![0xab; expected]
             }
             (_, 0x12) => {
                 let mut d = vec![0u8; 36];
@@ -379,4 +409,31 @@ fn unanswered_queued_reads_time_out() {
     dev.test_unit_ready()
         .expect("the session still serves commands");
     println!("4 unanswered queued reads ended TimedOut after {took:?}");
+}
+
+/// A UNIT ATTENTION that a queued read meets is noted as on the synchronous path (the
+/// path generation moves: the registration may be gone) before the read is sent again;
+/// the read then returns its data.
+#[test]
+fn a_unit_attention_on_a_queued_read_is_noted() {
+    let t = ScriptedTarget::start(Misbehaviour::UnitAttentionOnFirstRead);
+    let url = format!(
+        "iscsi://127.0.0.1:{}/iqn.2026-11.io.csvfs:hostile/1?timeout=5",
+        t.port
+    );
+    let dev = IscsiDevice::open(&url).expect("the target answers");
+    let before = dev.path_generation();
+    let q = ReadQueue::new(&dev);
+    q.submit(1, 4096, vec![0u8; 4096])
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let r = q.next().expect("the read ends");
+    r.result.expect("read again after the UNIT ATTENTION");
+    assert!(r.buffer.iter().all(|&b| b == 0xab), "the data");
+    assert_eq!(q.read_again(), 1);
+    assert_eq!(
+        dev.path_generation(),
+        before + 1,
+        "the UNIT ATTENTION (registrations preempted) counts"
+    );
 }

@@ -24,10 +24,11 @@ pub struct QueuedRead {
     pub result: Result<Completion, CommandError>,
 }
 
-/// A read still out: the task it is and when it is overdue.
+/// A read still out: the task it is (None while it is being started) and when it is
+/// overdue.
 #[derive(Clone, Copy)]
 pub(super) struct Outstanding {
-    pub itt: u32,
+    pub itt: Option<u32>,
     pub deadline: Instant,
 }
 
@@ -59,13 +60,32 @@ impl CompletionQueue {
         !self.inner.lock().ended.is_empty()
     }
 
-    /// Whether `token` is out already.
-    pub(super) fn has(&self, token: u64) -> bool {
-        self.inner.lock().outstanding.contains_key(&token)
+    /// Takes `token` for a read about to start; false if a read of that token is out.
+    pub(super) fn reserve(&self, token: u64, deadline: Instant) -> bool {
+        let mut q = self.inner.lock();
+        if q.outstanding.contains_key(&token) {
+            return false;
+        }
+        q.outstanding.insert(
+            token,
+            Outstanding {
+                itt: None,
+                deadline,
+            },
+        );
+        true
     }
 
-    pub(super) fn note_outstanding(&self, token: u64, o: Outstanding) {
-        self.inner.lock().outstanding.insert(token, o);
+    /// The read of `token` is task `itt`.
+    pub(super) fn set_task(&self, token: u64, itt: u32) {
+        if let Some(o) = self.inner.lock().outstanding.get_mut(&token) {
+            o.itt = Some(itt);
+        }
+    }
+
+    /// The read of `token` did not start.
+    pub(super) fn forget(&self, token: u64) {
+        self.inner.lock().outstanding.remove(&token);
     }
 
     /// A read's end; wakes the submitter.

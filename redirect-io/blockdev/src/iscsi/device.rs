@@ -193,6 +193,20 @@ impl IscsiDevice {
         }
     }
 
+    /// What a read's status other than GOOD says about this node's registration: a
+    /// UNIT ATTENTION is noted (and the registration checked) as on the synchronous
+    /// path, since the target reports it once and a read sent again would not see it.
+    pub(super) fn note_read_status(&self, c: &Completion) -> Result<(), BlockError> {
+        if c.status == sense::CHECK_CONDITION
+            && let Some(s) = c.sense()
+            && s.key == UNIT_ATTENTION
+            && self.session.note_unit_attention(&s)
+        {
+            self.recheck_registration(&Op::Read)?;
+        }
+        Ok(())
+    }
+
     /// A read that could not be sent, as a [`BlockError`].
     pub(super) fn command_error(&self, offset: u64, e: CommandError) -> BlockError {
         self.failed("read", offset, e)

@@ -108,8 +108,15 @@ impl<'d> ReadQueue<'d> {
                 }
             }
             // Another status (BUSY, a UNIT ATTENTION, a conflict) or a lost connection:
-            // read again on the synchronous path, which knows what each means.
-            Ok(_) | Err(CommandError::ConnectionLost(_)) => {
+            // read again on the synchronous path, which knows what each means (a UNIT
+            // ATTENTION is noted first: the read sent again would not see it).
+            Ok(c) => {
+                self.read_again.fetch_add(1, Ordering::Relaxed);
+                self.dev
+                    .note_read_status(&c)
+                    .and_then(|()| self.dev.read_at(&mut buffer, offset))
+            }
+            Err(CommandError::ConnectionLost(_)) => {
                 self.read_again.fetch_add(1, Ordering::Relaxed);
                 self.dev.read_at(&mut buffer, offset)
             }
@@ -125,9 +132,9 @@ impl<'d> ReadQueue<'d> {
 }
 
 impl Drop for ReadQueue<'_> {
-    /// Sends what [`ReadQueue::submit`] left in the outbox: reads still out go on
-    /// (their tasks own their buffers), their ends unread.
+    /// Waits for the reads still out (each ends by its deadline: an overdue one is
+    /// aborted), so none is left in the session's tables.
     fn drop(&mut self) {
-        self.dev.session().send_queued();
+        while self.dev.session().next_queued(&self.queue).is_some() {}
     }
 }

@@ -16,7 +16,10 @@
 //! Data-In goes straight from the socket into the caller's buffer. The caller's thread
 //! is blocked in [`Session::execute`] for as long as its task is in the task table, and
 //! it takes the task out (waiting for a read in progress to finish) before it returns,
-//! so the connection thread never touches a buffer whose borrow has ended.
+//! so the connection thread never touches a buffer whose borrow has ended. A read from
+//! [`Session::submit_read`] owns its buffer in its task; the task leaves the table for
+//! its queue (and the buffer goes back to the submitter) only once it has ended and no
+//! copy into the buffer is in progress.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::completion_queue::{CompletionQueue, Outstanding, QueuedRead};
+use super::completion_queue::{CompletionQueue, QueuedRead};
 use super::conn_reader::ConnReader;
 use super::login::{self, LoggedIn, LoginError};
 use super::pdu::{self, Bhs, DataOut, RESERVED_TAG, ScsiCommand, ScsiResponse, op, sn_lt};
@@ -94,7 +97,9 @@ struct ReadTarget {
 
 // SAFETY: the pointer is only dereferenced by the connection thread while the task is
 // in the task table, and the caller that owns the buffer stays blocked in `execute`
-// until it has removed the task and no read into it is in progress (`reader_busy`).
+// until it has removed the task and no read into it is in progress (`reader_busy`); a
+// queued read's buffer is owned by its task (`Waiter::Queue`), which `wake` moves out
+// of the table only when it has ended and `reader_busy` is clear.
 unsafe impl Send for ReadTarget {}
 
 /// Who waits for a task's end.
@@ -347,9 +352,12 @@ impl Session {
                 // window opens only as the target answers them.
                 drop(st);
                 drop(w);
-                sh.flush_outbox();
-                st = sh.state.lock();
-                while !st.ready() {
+                loop {
+                    sh.flush_outbox();
+                    let mut st = sh.state.lock();
+                    if st.ready() {
+                        break;
+                    }
                     if st.closing {
                         return Err((waiter, CommandError::Closed));
                     }
@@ -373,7 +381,7 @@ impl Session {
             let cmd_sn = st.cmd_sn;
             st.cmd_sn = st.cmd_sn.wrapping_add(1);
             if let Waiter::Queue { queue, token, .. } = &waiter {
-                queue.note_outstanding(*token, Outstanding { itt, deadline });
+                queue.set_task(*token, itt);
             }
             st.tasks.insert(
                 itt,
@@ -543,13 +551,13 @@ impl Session {
         token: u64,
         queue: &Arc<CompletionQueue>,
     ) -> Result<(), (Vec<u8>, CommandError)> {
-        if queue.has(token) {
+        let deadline = Instant::now() + self.shared.url.timeout;
+        if !queue.reserve(token, deadline) {
             return Err((
                 buffer,
                 CommandError::Protocol(format!("read {token} is already outstanding")),
             ));
         }
-        let deadline = Instant::now() + self.shared.url.timeout;
         // The buffer's heap stays where it is when the Vec moves into the task.
         let read = ReadTarget {
             ptr: buffer.as_mut_ptr(),
@@ -563,8 +571,15 @@ impl Session {
         };
         match self.start(cdb, Some(read), &[], waiter, deadline) {
             Ok(_) => Ok(()),
-            Err((Waiter::Queue { buffer, .. }, e)) => Err((buffer, e)),
-            Err((Waiter::Thread(_), e)) => Err((Vec::new(), e)),
+            Err((waiter, e)) => {
+                queue.forget(token);
+                // The waiter given was a Queue one: its buffer comes back.
+                let buffer = match waiter {
+                    Waiter::Queue { buffer, .. } => buffer,
+                    Waiter::Thread(_) => Vec::new(),
+                };
+                Err((buffer, e))
+            }
         }
     }
 
@@ -590,7 +605,15 @@ impl Session {
                 continue;
             }
             drop(q);
-            self.abort_queued(token, o.itt);
+            if let Some(itt) = o.itt {
+                self.abort_queued(token, itt);
+            }
+            // If its end could not go to the queue yet (a Data-In copy into its
+            // buffer was in progress), the copy's end wakes it: look again in a
+            // moment instead of aborting it again at once.
+            if let Some(o) = queue.inner.lock().outstanding.get_mut(&token) {
+                o.deadline = Instant::now() + Duration::from_millis(100);
+            }
         }
     }
 
@@ -615,16 +638,20 @@ impl Session {
                 .clone()
                 .filter(|c| Some(c.id) == st.tasks.get(&itt).map(|t| t.conn_id))
         };
-        let answered = conn.as_ref().is_some_and(|c| self.abort_task(itt, c));
+        let abort_answered = conn.as_ref().is_some_and(|c| self.abort_task(itt, c));
         let mut st = sh.state.lock();
+        // The read itself may have been answered while we aborted (or be gone: its
+        // end is in the queue); then the connection works.
+        let mut read_answered = true;
         if let Some(t) = st.tasks.get_mut(&itt)
             && t.done.is_none()
         {
             t.done = Some(Err(self.aborted()));
+            read_answered = false;
         }
         wake(&mut st, itt);
         drop(st);
-        if let (Some(c), false) = (conn, answered) {
+        if let (Some(c), false, false) = (conn, abort_answered, read_answered) {
             sh.fail_connection(c.id, "the target did not answer ABORT TASK".into());
         }
     }
