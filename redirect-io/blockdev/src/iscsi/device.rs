@@ -177,7 +177,7 @@ impl IscsiDevice {
     }
 
     /// A command that did not complete, as a [`BlockError`] (no retry considered).
-    fn failed(&self, op: &'static str, offset: u64, e: CommandError) -> BlockError {
+    pub(super) fn failed(&self, op: &'static str, offset: u64, e: CommandError) -> BlockError {
         match e {
             CommandError::ConnectionLost(why) => {
                 self.io(op, offset, io::ErrorKind::ConnectionReset, why)
@@ -207,9 +207,20 @@ impl IscsiDevice {
         Ok(())
     }
 
-    /// A read that could not be sent, as a [`BlockError`].
-    pub(super) fn command_error(&self, offset: u64, e: CommandError) -> BlockError {
-        self.failed("read", offset, e)
+    /// A GOOD READ(16) of `len` bytes at `offset`: every byte must have come.
+    pub(super) fn check_read_length(
+        &self,
+        c: &Completion,
+        len: usize,
+        offset: u64,
+    ) -> Result<(), BlockError> {
+        if c.data_in != len || c.residual.is_some_and(|r| r != 0) {
+            return Err(self.protocol(format!(
+                "READ(16) of {len} bytes at {offset} returned {} bytes",
+                c.data_in
+            )));
+        }
+        Ok(())
     }
 
     /// The session, for queued reads.
@@ -442,12 +453,7 @@ impl BlockDevice for IscsiDevice {
                 scsi::read16(off / bs, (len as u64 / bs) as u32),
                 Transfer::Read(chunk),
             )?;
-            if c.data_in != len || c.residual.is_some_and(|r| r != 0) {
-                return Err(self.protocol(format!(
-                    "READ(16) of {len} bytes at {off} returned {} bytes",
-                    c.data_in
-                )));
-            }
+            self.check_read_length(&c, len, off)?;
         }
         Ok(())
     }

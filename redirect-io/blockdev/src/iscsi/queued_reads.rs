@@ -80,7 +80,7 @@ impl<'d> ReadQueue<'d> {
             .session()
             .submit_read(cdb, buffer, token, &self.queue)
             .map_err(|(buffer, e)| {
-                let e = self.dev.command_error(offset, e);
+                let e = self.dev.failed("read", offset, e);
                 (buffer, e)
             })
     }
@@ -94,18 +94,7 @@ impl<'d> ReadQueue<'d> {
         let mut buffer = ended.buffer;
         let result = match ended.result {
             Ok(c) if c.status == sense::GOOD => {
-                if c.data_in == buffer.len() && c.residual.is_none_or(|r| r == 0) {
-                    Ok(())
-                } else {
-                    Err(BlockError::Protocol {
-                        lun: self.dev.name().to_string(),
-                        detail: format!(
-                            "READ(16) of {} bytes at {offset} returned {} bytes",
-                            buffer.len(),
-                            c.data_in
-                        ),
-                    })
-                }
+                self.dev.check_read_length(&c, buffer.len(), offset)
             }
             // Another status (BUSY, a UNIT ATTENTION, a conflict) or a lost connection:
             // read again on the synchronous path, which knows what each means (a UNIT
@@ -120,7 +109,7 @@ impl<'d> ReadQueue<'d> {
                 self.read_again.fetch_add(1, Ordering::Relaxed);
                 self.dev.read_at(&mut buffer, offset)
             }
-            Err(e) => Err(self.dev.command_error(offset, e)),
+            Err(e) => Err(self.dev.failed("read", offset, e)),
         };
         Some(EndedRead {
             token: ended.token,

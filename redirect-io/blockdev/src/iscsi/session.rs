@@ -541,8 +541,8 @@ impl Session {
     /// buffer, goes to `queue` under `token` (unique among the queue's outstanding
     /// reads), where [`Session::next_queued`] takes it. While ended reads wait in the
     /// queue, the command stays in the outbox for the submitter's next send (its next
-    /// command, [`Session::next_queued`] or [`Session::send_queued`]), so that the reads
-    /// submitted for a batch of ends go out in one write. On failure to send, the
+    /// command or its wait in [`Session::next_queued`]), so that the reads submitted
+    /// for a batch of ends go out in one write. On failure to send, the
     /// buffer comes back with the error.
     pub fn submit_read(
         &self,
@@ -615,11 +615,6 @@ impl Session {
                 o.deadline = Instant::now() + Duration::from_millis(100);
             }
         }
-    }
-
-    /// Sends the queued reads still in the outbox (see [`Session::submit_read`]).
-    pub fn send_queued(&self) {
-        self.shared.flush_outbox();
     }
 
     /// Aborts overdue read `token` (task `itt`); its end goes to its queue.
@@ -798,7 +793,6 @@ impl Shared {
         Ok(())
     }
 
-    /// Marks connection `id` as failed: every task on it ends with `ConnectionLost`.
     /// Takes the writer, after sending what the outbox holds; letting it go sends
     /// what came into the outbox meanwhile.
     fn writing(&self) -> Writing<'_> {
@@ -851,6 +845,7 @@ impl Shared {
         }
     }
 
+    /// Marks connection `id` as failed: every task on it ends with `ConnectionLost`.
     fn fail_connection(&self, id: u64, reason: String) {
         let mut st = self.state.lock();
         let Some(conn) = st.conn.clone().filter(|c| c.id == id) else {
