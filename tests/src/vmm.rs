@@ -63,15 +63,16 @@ pub fn incoming_process(node_root: &Path) -> Option<i32> {
         })
 }
 
-/// Stops VM web1 (from the node with root `root`) when dropped, so that a test that
+/// Stops VM `vm` (from the node with root `root`) when dropped, so that a test that
 /// fails while it runs leaves nodes that can unmount.
 pub struct StopVm<'a> {
+    pub vm: &'a str,
     pub root: &'a str,
 }
 
 impl Drop for StopVm<'_> {
     fn drop(&mut self) {
-        let _ = run(&bin("vmm"), &["stop", "web1", "--root", self.root]);
+        let _ = run(&bin("vmm"), &["stop", self.vm, "--root", self.root]);
     }
 }
 
@@ -98,6 +99,24 @@ pub fn create_test_vm(config: &str, root: &str, name: &str, memory: &str, dirty:
         ],
     );
     assert!(out.contains(&format!("created VM {name}")), "{out}");
+}
+
+/// Creates VM `vm` as [`create_test_vm`] does and starts it on the node with root
+/// `root`; the guard stops it.
+pub fn start_test_vm<'a>(
+    config: &str,
+    root: &'a str,
+    vm: &'a str,
+    memory: &str,
+    dirty: &str,
+) -> StopVm<'a> {
+    create_test_vm(config, root, vm, memory, dirty);
+    let stop = StopVm { vm, root };
+    run_ok(
+        &bin("vmm"),
+        &["start", vm, "--root", root, "--config", config],
+    );
+    stop
 }
 
 /// `vmm list --json` from the node with root `root`: the row of `vm`.

@@ -47,7 +47,10 @@ fn a_migration_whose_network_is_cut_leaves_the_vm_running_on_the_source() {
     // source stays in pre-copy rounds until it gives up (30 rounds), so the cut comes
     // while memory moves.
     create_test_vm(&config, &root, "web1", "128M", "32M");
-    let _stop = StopVm { root: &root };
+    let _stop = StopVm {
+        vm: "web1",
+        root: &root,
+    };
     let out = vmm_in(
         &lab.node(src + 1),
         &["start", "web1", "--root", &root, "--config", &config],
