@@ -20,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::warn;
 
 use crate::protocol::{LockKind, Mode, RangeOp, RangeOutcome, ResourceId};
+use crate::shell::role_move::{RoleMove, move_role};
 use crate::shell::{Shell, VolumeStatus};
 
 /// The longest wait a control request may ask for (a day).
@@ -66,6 +67,22 @@ pub enum Request {
         /// The operation.
         lock: LockRequest,
         /// How long a waiting lock may wait (then it is given up).
+        timeout_ms: u64,
+    },
+    /// A planned move of a volume's coordinator role to node `to`.
+    Move {
+        /// The volume's label.
+        volume: String,
+        /// The node id to move it to.
+        to: u8,
+        /// How long to wait for the move.
+        timeout_ms: u64,
+    },
+    /// Moves every coordinator role off node `node` (before maintenance).
+    Drain {
+        /// The node id to drain.
+        node: u8,
+        /// How long to wait for each move.
         timeout_ms: u64,
     },
     /// File system redirected mode of a volume on every node: on sends every I/O of
@@ -227,6 +244,11 @@ pub enum Response {
     },
     /// Done.
     Done,
+    /// The coordinator roles moved (none: nothing to move).
+    Moved {
+        /// One per volume moved.
+        moves: Vec<RoleMove>,
+    },
     /// How each node took a change of redirected mode.
     Redirected {
         /// By node id: `None` if it took it, else why not.
@@ -405,6 +427,37 @@ async fn answer(
             held.remove(&(volume, res));
             Response::Done
         }
+        Request::Move {
+            volume,
+            to,
+            timeout_ms,
+        } => {
+            let Some(v) = shell.volume(&volume) else {
+                return no_volume(&volume);
+            };
+            let within = Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
+            match move_role(&volume, v, Some(to), within).await {
+                Ok(m) => Response::Moved { moves: vec![m] },
+                Err(message) => Response::Error { message },
+            }
+        }
+        Request::Drain { node, timeout_ms } => {
+            let within = Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
+            let mut moves = Vec::new();
+            for st in shell.status() {
+                if st.coordinator != Some(node) {
+                    continue;
+                }
+                let Some(v) = shell.volume(&st.label) else {
+                    continue;
+                };
+                match move_role(&st.label, v, None, within).await {
+                    Ok(m) => moves.push(m),
+                    Err(message) => return Response::Error { message },
+                }
+            }
+            Response::Moved { moves }
+        }
         Request::Redirect { volume, on } => {
             let Some(control) = shell.redirect_controls().get(&volume) else {
                 return no_volume(&volume);
@@ -561,6 +614,8 @@ mod tests {
                 incarnation: 2,
                 key: 0x0102,
                 serving: true,
+                handing_over: None,
+                coordinator_serving: false,
                 leases: 1,
                 lockspace: Some(4),
                 since_ms: 5,

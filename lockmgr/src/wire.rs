@@ -45,6 +45,10 @@ use crate::protocol::{Epoch, LockKind, Mode, Msg, Owner, RangeLock, RangeOp, Ran
 /// The longest volume label (as `cluster.toml` allows).
 pub const MAX_LABEL_LEN: usize = 63;
 
+/// The longest initiator port in a hand-over's `Accept` (an iSCSI name of up to 223
+/// bytes, `,i,0x` and twelve hex digits).
+pub const MAX_PORT_LEN: usize = 255;
+
 /// One frame between two nodes' shells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -311,6 +315,28 @@ fn encode_msg(w: &mut Vec<u8>, msg: &Msg) {
                 RangeOutcome::Lost => w.push(5),
             }
         }
+        Msg::MoveTo { epoch, to } => {
+            w.push(13);
+            u64s(w, &[*epoch]);
+            w.push(*to);
+        }
+        Msg::Offer { epoch } => {
+            w.push(14);
+            u64s(w, &[*epoch]);
+        }
+        Msg::Accept { epoch, port } => {
+            w.push(15);
+            u64s(w, &[*epoch]);
+            // Ports are checked where they are made; a longer one is cut rather than
+            // sent with a length that lies (the move is then refused by the target).
+            let port = &port.as_bytes()[..port.len().min(MAX_PORT_LEN)];
+            w.push(port.len() as u8);
+            w.extend_from_slice(port);
+        }
+        Msg::Moved { epoch } => {
+            w.push(16);
+            u64s(w, &[*epoch]);
+        }
     }
 }
 
@@ -455,6 +481,16 @@ fn decode_msg(r: &mut Reader<'_>) -> Result<Msg, WireError> {
                 outcome,
             }
         }
+        13 => Msg::MoveTo {
+            epoch: epoch(r)?,
+            to: r.u8("receiver")?,
+        },
+        14 => Msg::Offer { epoch: epoch(r)? },
+        15 => Msg::Accept {
+            epoch: epoch(r)?,
+            port: r.port()?,
+        },
+        16 => Msg::Moved { epoch: epoch(r)? },
         t => return Err(bad(format!("unknown message tag {t}"))),
     })
 }
@@ -486,6 +522,16 @@ impl<'a> Reader<'a> {
         }
         Ok(std::str::from_utf8(self.take(len, "label")?)
             .map_err(|_| bad("the volume label is not UTF-8"))?
+            .to_string())
+    }
+
+    fn port(&mut self) -> Result<String, WireError> {
+        let len = usize::from(self.u8("port length")?);
+        if len == 0 {
+            return Err(bad("an empty initiator port"));
+        }
+        Ok(std::str::from_utf8(self.take(len, "initiator port")?)
+            .map_err(|_| bad("the initiator port is not UTF-8"))?
             .to_string())
     }
 
@@ -660,6 +706,13 @@ mod tests {
                 op: RangeOp::Release,
             }),
             v(Msg::RangeCancel { epoch: 1, req: 2 }),
+            v(Msg::MoveTo { epoch: 3, to: 2 }),
+            v(Msg::Offer { epoch: 3 }),
+            v(Msg::Accept {
+                epoch: 3,
+                port: "iqn.2026-11.io.csvfs:n2,i,0x800102030405".into(),
+            }),
+            v(Msg::Moved { epoch: 3 }),
             v(Msg::RangeAnswer {
                 epoch: 1,
                 req: 2,
@@ -708,5 +761,11 @@ mod tests {
         b.extend_from_slice(&u32::MAX.to_le_bytes());
         let e = Frame::decode(&b).unwrap_err();
         assert!(e.to_string().contains("held leases announced"), "{e}");
+        // An Accept with an empty port.
+        let mut b = vec![2, 1, b'V', 0, 0, 0, 0, 15];
+        b.extend_from_slice(&3u64.to_le_bytes());
+        b.push(0);
+        let e = Frame::decode(&b).unwrap_err();
+        assert!(e.to_string().contains("empty initiator port"), "{e}");
     }
 }

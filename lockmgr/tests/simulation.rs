@@ -1,7 +1,8 @@
 //! Deterministic simulation of the lock manager's protocol: three nodes, simulated
 //! time, a network that loses, delays and reorders messages and can be partitioned,
 //! nodes that crash and restart, paths to the LUN that reconnect, stall or fail for a
-//! while (the node still on the network), and a target that
+//! while (the node still on the network), planned hand-overs of the coordinator role
+//! (asked of any node, during the faults and after them), and a target that
 //! behaves as tgtd does (`blockdev::PrState`: registrations belong to a session, no
 //! PREEMPT AND ABORT, nothing kept across a restart; writes it accepted land later).
 //!
@@ -12,7 +13,8 @@
 //!
 //! and at the end of each run, after the faults stop: one coordinator, every node
 //! following it, every request granted (a request whose holder died is granted once
-//! that holder is fenced).
+//! that holder is fenced); and a hand-over asked after the faults, with no stubborn
+//! user about, gave the role to the node it named.
 //!
 //! `cargo test` runs 10,000 seeds; `CSVFS_SIM_SEEDS=N` runs N (the soak).
 
@@ -83,8 +85,12 @@ enum Ev {
     },
     MetaLand {
         node: NodeId,
+        life: u32,
         epoch: Epoch,
     },
+    /// Node `.0` is asked to hand the coordinator role to `.1` (None: any node);
+    /// `.2`: asked after the faults, so it must succeed.
+    HandOver(NodeId, Option<NodeId>, bool),
     Crash(NodeId),
     Restart(NodeId),
     Reconnect(NodeId),
@@ -120,6 +126,9 @@ struct SimNode {
     path_down_until: Millis,
     app: App,
     next_meta: Millis,
+    /// Metadata writes of this life not yet landed or refused: the store closes once
+    /// they are all done.
+    meta_in_flight: u32,
 }
 
 struct World {
@@ -140,6 +149,8 @@ struct World {
     cut: BTreeSet<NodeId>,
     loss: u64,
     log: Vec<String>,
+    /// The node a hand-over asked after the faults named, once it was accepted.
+    calm_move: Option<NodeId>,
 }
 
 impl World {
@@ -162,6 +173,7 @@ impl World {
             cut: BTreeSet::new(),
             loss: 0,
             log: Vec::new(),
+            calm_move: None,
         };
         for id in 1..=NODES {
             w.nodes.insert(
@@ -176,6 +188,7 @@ impl World {
                     path_down_until: 0,
                     app: App::default(),
                     next_meta: 0,
+                    meta_in_flight: 0,
                 },
             );
             let start = w.rng.range(0, 300);
@@ -194,6 +207,19 @@ impl World {
 
     fn plan_faults(&mut self) {
         self.loss = self.rng.range(0, 50);
+        // Planned hand-overs during the faults, and at most one after them.
+        for _ in 0..self.rng.range(0, 2) {
+            let t = self.rng.range(1_000, CHAOS_END);
+            let asker = self.rng.range(1, u64::from(NODES)) as NodeId;
+            let to = self.rng.range(0, u64::from(NODES)) as NodeId;
+            self.at(t, Ev::HandOver(asker, (to != 0).then_some(to), false));
+        }
+        if self.rng.chance(500) {
+            let t = self.rng.range(CHAOS_END + 3_000, QUIET_START - 2_000);
+            let asker = self.rng.range(1, u64::from(NODES)) as NodeId;
+            let to = self.rng.range(1, u64::from(NODES)) as NodeId;
+            self.at(t, Ev::HandOver(asker, Some(to), true));
+        }
         let faults = self.rng.range(1, 4);
         for _ in 0..faults {
             let t = self.rng.range(1_000, CHAOS_END - 1_000);
@@ -334,10 +360,29 @@ impl World {
                     && self.target.may_write(&nexus(node, s.session))
                 {
                     let d = self.rng.range(0, 100);
-                    self.at(self.now + d, Ev::MetaLand { node, epoch });
+                    self.at(self.now + d, Ev::MetaLand { node, life, epoch });
+                } else {
+                    self.meta_done(node, life);
                 }
             }
-            Ev::MetaLand { node, epoch } => {
+            Ev::HandOver(n, to, calm) => {
+                let now = self.now;
+                let Some(node) = self.nodes.get_mut(&n).and_then(|s| s.node.as_mut()) else {
+                    return;
+                };
+                match node.hand_over(now, to) {
+                    Ok(a) => {
+                        self.note(format!("n{n} HAND OVER to {to:?}"));
+                        if calm {
+                            self.calm_move = to;
+                        }
+                        self.carry_out(n, a);
+                    }
+                    Err(e) => self.note(format!("n{n} HAND OVER to {to:?} refused: {e}")),
+                }
+            }
+            Ev::MetaLand { node, life, epoch } => {
+                self.meta_done(node, life);
                 if epoch < self.landed_max {
                     self.fail(format!(
                         "node {node}'s metadata write of epoch {epoch} landed after one of epoch {}",
@@ -372,8 +417,11 @@ impl World {
                 s.session += 1;
                 s.reconnect_pending = false;
                 s.next_meta = 0;
+                s.meta_in_flight = 0;
                 let peers = (1..=NODES).collect();
-                let node = Node::new(n, s.incarnation, peers, self.timing, now);
+                let mut node = Node::new(n, s.incarnation, peers, self.timing, now);
+                node.set_reservation_port(Some(nexus(n, 0).initiator));
+                node.set_store_keeper(true);
                 s.node = Some(node);
                 let inc = s.incarnation;
                 self.note(format!("n{n} START incarnation {inc}"));
@@ -465,6 +513,23 @@ impl World {
                 }
             }
             DiskOp::ReadSlot { node } => DiskReply::Slot(self.slots.get(node).copied()),
+            DiskOp::Move {
+                key,
+                to_key,
+                to_port,
+            } => match self.target.apply(
+                &me,
+                &PrOut::RegisterAndMove {
+                    key: *key,
+                    new_key: *to_key,
+                    to_initiator: to_port.clone(),
+                    unregister: false,
+                },
+            ) {
+                Ok(()) => DiskReply::Done,
+                Err(blockdev::PrRefusal::Invalid) => DiskReply::Refused,
+                Err(_) => DiskReply::Conflict,
+            },
             DiskOp::Heartbeat { counter } => {
                 if self.target.may_write(&me) {
                     self.slots.insert(node, (life, *counter));
@@ -680,10 +745,27 @@ impl World {
         self.carry_out(n, a);
     }
 
-    /// The coordinator writes metadata every 50 ms while it serves.
+    /// A metadata write of `node`'s life `life` landed or was refused.
+    fn meta_done(&mut self, node: NodeId, life: u32) {
+        let s = self.nodes.get_mut(&node).expect("node");
+        if s.life == life {
+            s.meta_in_flight = s.meta_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The coordinator writes metadata every 50 ms while it serves; handing the role
+    /// over, it closes its store once its writes are all on the LUN.
     fn meta_step(&mut self, n: NodeId) {
         let now = self.now;
         let s = self.nodes.get_mut(&n).expect("node");
+        if s.meta_in_flight == 0
+            && let Some(node) = s.node.as_mut()
+            && let Some(epoch) = node.store_to_close()
+        {
+            node.store_closed(epoch);
+            self.note(format!("n{n} STORE CLOSED epoch {epoch}"));
+            return;
+        }
         let Some(epoch) = s.node.as_ref().and_then(|x| x.serving_epoch(now)) else {
             return;
         };
@@ -691,6 +773,7 @@ impl World {
             return;
         }
         s.next_meta = now + 50;
+        s.meta_in_flight += 1;
         let life = s.life;
         let d = self.rng.range(1, 15);
         self.at(
@@ -778,6 +861,14 @@ impl World {
             ));
         }
         let c = coordinators[0];
+        if let Some(to) = self.calm_move
+            && !self.nodes.values().any(|s| s.app.stubborn)
+            && c != to
+        {
+            self.fail(format!(
+                "a hand-over to node {to} was asked after the faults, and node {c} coordinates at the end"
+            ));
+        }
         let table = self.nodes[&c]
             .node
             .as_ref()

@@ -279,6 +279,8 @@ mod tests {
             incarnation: 1,
             key: 0,
             serving,
+            handing_over: None,
+            coordinator_serving: false,
             leases: 0,
             lockspace: None,
             since_ms: 0,

@@ -428,6 +428,10 @@ impl BlockDevice for PathMonitor {
         self.direct.path_generation()
     }
 
+    fn reservation_port(&self) -> Option<String> {
+        self.direct.reservation_port()
+    }
+
     fn write_ready(&self) -> Result<(), BlockError> {
         Ok(())
     }
@@ -480,5 +484,9 @@ impl BlockDevice for LockManagerView {
 
     fn path_generation(&self) -> u64 {
         self.0.path_generation()
+    }
+
+    fn reservation_port(&self) -> Option<String> {
+        self.0.reservation_port()
     }
 }

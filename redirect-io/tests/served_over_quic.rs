@@ -63,6 +63,8 @@ impl Gate for Coordinator {
             incarnation: 1,
             key: 0,
             serving: true,
+            handing_over: None,
+            coordinator_serving: false,
             leases: 0,
             lockspace: Some(0),
             since_ms: 0,

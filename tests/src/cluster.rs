@@ -282,26 +282,30 @@ impl Cluster {
         }
     }
 
-    /// Runs `csvctl volume redirect <label> --on|--off` against the daemons; returns
-    /// its output. Fails the test if it fails.
-    pub fn set_redirect(&self, on: bool) -> String {
+    /// Runs `csvctl ARGS --config CONFIG --root ROOT...` (every node's root) against
+    /// the daemons; returns whether it succeeded and its output.
+    pub fn csvctl(&self, args: &[&str]) -> (bool, String) {
         let config = self.config.display().to_string();
-        let mode = if on { "--on" } else { "--off" };
-        let mut args = vec!["volume", "redirect", &self.label, mode, "--config", &config];
         let roots: Vec<String> = self
             .nodes
             .iter()
             .map(|n| n.root.display().to_string())
             .collect();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", &config]);
         for r in &roots {
-            args.extend(["--root", r]);
+            all.extend(["--root", r]);
         }
-        let out = crate::run(&bin("csvctl"), &args);
-        let text = crate::output_text(&out);
-        assert!(
-            out.status.success(),
-            "csvctl volume redirect {mode}: {text}"
-        );
+        let out = crate::run(&bin("csvctl"), &all);
+        (out.status.success(), crate::output_text(&out))
+    }
+
+    /// Runs `csvctl volume redirect <label> --on|--off` against the daemons; returns
+    /// its output. Fails the test if it fails.
+    pub fn set_redirect(&self, on: bool) -> String {
+        let mode = if on { "--on" } else { "--off" };
+        let (ok, text) = self.csvctl(&["volume", "redirect", &self.label, mode]);
+        assert!(ok, "csvctl volume redirect {mode}: {text}");
         text
     }
 

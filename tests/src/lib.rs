@@ -347,6 +347,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 /// Runs fsx with the project's configuration on `file` for `ops` operations.
 pub fn run_fsx(file: &Path, seed: u64, ops: u64) -> (bool, String) {
     let artifacts = std::env::temp_dir();

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csvfs_tests::cluster::Cluster;
-use csvfs_tests::{Scratch, assert_fsck_clean, env_number, require_root_and_fuse, run_fsx};
+use csvfs_tests::{
+    Scratch, assert_fsck_clean, env_number, last_lines, require_root_and_fuse, run_fsx,
+};
 
 const LABEL: &str = "Volume1";
 
@@ -57,12 +59,11 @@ fn kill_9_of_the_coordinator_while_fsx_runs_on_another_node() {
     assert!(answered < FAILOVER_LIMIT, "failover took {answered:?}");
 
     let (ok, text) = fsx.join().unwrap();
-    let tail: Vec<&str> = text.lines().rev().take(40).collect();
     assert!(
         ok,
         "fsx on {} failed across the failover:\n{}\n{}",
         c.nodes[runner].name,
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        last_lines(&text, 40),
         c.describe()
     );
     println!(

@@ -23,6 +23,8 @@ pub enum NodeCommand {
     /// Add a node to the configuration and make its key and certificate with the
     /// cluster CA.
     Add(AddArgs),
+    /// Move every coordinator role off a node before its maintenance.
+    Drain(crate::role_move::DrainArgs),
 }
 
 /// Arguments of `csvctl cluster init`.

@@ -2,9 +2,11 @@
 //! when started under those names (the install script makes the links).
 
 mod cluster;
+mod daemon;
 mod fsck;
 mod in_use;
 mod mkfs;
+mod role_move;
 mod volume;
 mod volume_redirect;
 
@@ -99,6 +101,14 @@ fn main() {
             }
             Command::Volume(volume::VolumeCommand::Redirect(a)) => {
                 exit_on_error("csvctl volume redirect", volume_redirect::run(a));
+                0
+            }
+            Command::Volume(volume::VolumeCommand::Move(a)) => {
+                exit_on_error("csvctl volume move", role_move::run_move(a));
+                0
+            }
+            Command::Node(cluster::NodeCommand::Drain(a)) => {
+                exit_on_error("csvctl node drain", role_move::run_drain(a));
                 0
             }
         },

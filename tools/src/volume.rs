@@ -25,6 +25,9 @@ pub enum VolumeCommand {
     /// File system redirected mode: every node's I/O through the coordinator (--on),
     /// or back to direct I/O (--off).
     Redirect(crate::volume_redirect::RedirectArgs),
+    /// Hand the volume's coordinator role to another node (planned: file operations
+    /// pause for the hand-over, none fails).
+    Move(crate::role_move::MoveArgs),
 }
 
 /// Arguments of `csvctl volume create`.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use lockmgr::config::{Config, DEFAULT_CONFIG_PATH};
-use lockmgr::control::{self, Request, Response};
+use lockmgr::control::{Request, Response};
 
 /// Arguments of `csvctl volume redirect`.
 #[derive(Args, Debug)]
@@ -35,33 +35,8 @@ pub struct RedirectArgs {
 /// Runs `csvctl volume redirect`.
 pub fn run(args: RedirectArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
-    if !config.volumes.iter().any(|v| v.label == args.label) {
-        bail!(
-            "{} has no volume {:?} (see `csvctl volume status`)",
-            args.config.display(),
-            args.label
-        );
-    }
-    let mut client = None;
-    for n in &config.nodes {
-        for root in &args.root {
-            let path = control::socket_path(&root.join("run/csvfs"), &n.name);
-            if let Ok(c) = control::Client::connect(&path) {
-                client = Some(c);
-                break;
-            }
-        }
-        if client.is_some() {
-            break;
-        }
-    }
-    let Some(mut client) = client else {
-        bail!(
-            "no node daemon of {} answers on this host under {:?}: start `csvfs node` or give its --root",
-            args.config.display(),
-            args.root
-        );
-    };
+    crate::daemon::require_volume(&config, &args.config, &args.label)?;
+    let mut client = crate::daemon::connect_any(&config, &args.config, &args.root)?;
     let answer = client.request(&Request::Redirect {
         volume: args.label.clone(),
         on: args.on,
@@ -78,11 +53,7 @@ pub fn run(args: RedirectArgs) -> Result<()> {
     };
     let mut failed = 0;
     for (id, error) in &nodes {
-        let name = config
-            .nodes
-            .iter()
-            .find(|n| n.id == *id)
-            .map_or_else(|| format!("node {id}"), |n| n.name.clone());
+        let name = crate::daemon::node_name(&config, *id);
         match error {
             None => println!("{name}: {mode}"),
             Some(e) => {

@@ -7,6 +7,9 @@
 //!   iSCSI session that holds the node's reservation key, so a fenced coordinator can
 //!   no longer write); when the role goes, the store is dropped unopened-again until
 //!   the role comes back (a new coordinator reads the store afresh from the LUN).
+//!   Dropping it waits for the calls still running on it and commits everything, then
+//!   tells the lock manager, so that a planned hand-over moves the role only once the
+//!   store is closed.
 //! - Calls: on the coordinator, carried out on the store in its group commit; on the
 //!   others, sent to the coordinator. While there is no serving coordinator (an
 //!   election, a takeover) calls wait and go again: applications see latency, not
@@ -40,6 +43,9 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a call waits between attempts.
 const RETRY: Duration = Duration::from_millis(50);
+
+/// How long dropping the store waits for the calls still running on it.
+const QUIESCE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Counters for status.
 #[derive(Debug, Default)]
@@ -113,6 +119,7 @@ impl ClusterVolume {
                 tokio::spawn(server.clone().serve(from, stream));
             }),
         );
+        v.handle.keep_store();
         tokio::spawn(v.clone().follow_role());
         Ok(v)
     }
@@ -190,8 +197,14 @@ impl ClusterVolume {
                     }
                     Err(e) => warn!(volume = self.label, error = %e, "store opening task failed"),
                 }
-            } else if !st.serving && held.is_some() {
-                self.drop_store("the role went");
+            } else if !st.serving {
+                if held.is_some() {
+                    self.quiesce_store("the role went").await;
+                }
+                if st.handing_over.is_some() {
+                    // Also with no store open: the hand-over waits for this word.
+                    self.handle.store_closed(st.epoch);
+                }
             }
             if watch.changed().await.is_err() {
                 self.drop_store("the lock manager stopped");
@@ -210,6 +223,29 @@ impl ClusterVolume {
             if let Err(e) = vol.close() {
                 warn!(volume = self.label, error = %e, "closing the store");
             }
+        }
+    }
+
+    /// Drops the store once the calls running on it have ended, and closes it (every
+    /// commit on the LUN) before returning: what a planned hand-over waits for.
+    async fn quiesce_store(&self, why: &str) {
+        let Some((epoch, vol)) = self.store.write().take() else {
+            return;
+        };
+        let deadline = Instant::now() + QUIESCE_LIMIT;
+        while Arc::strong_count(&vol) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        info!(
+            volume = self.label,
+            epoch, why, "no longer serving the volume's metadata"
+        );
+        let label = self.label.clone();
+        let closed = tokio::task::spawn_blocking(move || vol.close()).await;
+        match closed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(volume = label, error = %e, "closing the store"),
+            Err(e) => warn!(volume = label, error = %e, "store closing task failed"),
         }
     }
 

@@ -281,6 +281,32 @@ pub enum Msg {
         /// The answer.
         outcome: RangeOutcome,
     },
+    /// A planned hand-over asked of the coordinator (`csvctl volume move`, `node
+    /// drain`): give the role to `to`, or to any live node if `to` is 0.
+    MoveTo {
+        /// The epoch the sender knows.
+        epoch: Epoch,
+        /// The node to hand over to (0: any other live node).
+        to: NodeId,
+    },
+    /// The coordinator, handing over, asks the receiver to take the role and to say
+    /// how the target knows its session (REGISTER AND MOVE names the receiver).
+    Offer {
+        /// The coordinator's epoch.
+        epoch: Epoch,
+    },
+    /// The answer to [`Msg::Offer`].
+    Accept {
+        /// The epoch of the offer.
+        epoch: Epoch,
+        /// The receiver's initiator port on the LUN.
+        port: String,
+    },
+    /// The reservation is the receiver's now: it takes the role.
+    Moved {
+        /// The epoch handed over.
+        epoch: Epoch,
+    },
 }
 
 /// A disk operation on the node's own path to the LUN. One is out at a time.
@@ -326,6 +352,16 @@ pub enum DiskOp {
         /// The node.
         node: NodeId,
     },
+    /// REGISTER AND MOVE without UNREG: the reservation goes to the session `to_port`
+    /// registered with `to_key`; this node stays registered.
+    Move {
+        /// This node's key (the holder's).
+        key: Key,
+        /// The receiver's key.
+        to_key: Key,
+        /// The receiver's initiator port.
+        to_port: String,
+    },
 }
 
 /// The outcome of a [`DiskOp`].
@@ -335,6 +371,9 @@ pub enum DiskReply {
     Done,
     /// RESERVATION CONFLICT.
     Conflict,
+    /// The target refused the command as invalid (ILLEGAL REQUEST) and changed
+    /// nothing; only a [`DiskOp::Move`] is answered so.
+    Refused,
     /// The path failed, or came back after a reconnect: this node's registration may be
     /// gone (the same as a conflict for the protocol).
     PossiblyFenced,

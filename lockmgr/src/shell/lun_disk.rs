@@ -97,6 +97,26 @@ impl LunDisk {
                 // A damaged slot is no sign of life; a live writer mends it.
                 Err(_) => DiskReply::Slot(None),
             },
+            // A refusal (ILLEGAL REQUEST: the receiver's key or port is not what the
+            // target knows) changed nothing: the hand-over is given up, the holder
+            // keeps the role.
+            DiskOp::Move {
+                key,
+                to_key,
+                to_port,
+            } => match self.dev.persistent_reserve_out(&PrOut::RegisterAndMove {
+                key: *key,
+                new_key: *to_key,
+                to_initiator: to_port.clone(),
+                unregister: false,
+            }) {
+                Ok(()) => DiskReply::Done,
+                Err(e @ BlockError::Refused { .. }) => {
+                    warn!(lun = self.dev.name(), error = %e, "REGISTER AND MOVE refused");
+                    DiskReply::Refused
+                }
+                Err(e) => reply(Err(e)),
+            },
             DiskOp::Heartbeat { counter } => reply(
                 self.region()
                     .write_slot(&HeartbeatSlot {

@@ -13,6 +13,7 @@ pub mod io_report;
 pub mod lun_disk;
 pub mod peers;
 pub mod redirect_control;
+pub mod role_move;
 pub mod services;
 pub mod volume;
 

@@ -47,6 +47,13 @@ pub struct VolumeStatus {
     pub key: u64,
     /// True while this node coordinates and may write the metadata.
     pub serving: bool,
+    /// On the coordinator: the node a planned hand-over gives the role to.
+    #[serde(default)]
+    pub handing_over: Option<NodeId>,
+    /// A coordinator serves this node now (itself, or one that acknowledged its
+    /// heartbeats in this epoch within a lease).
+    #[serde(default)]
+    pub coordinator_serving: bool,
     /// Leases this node may rely on now.
     pub leases: usize,
     /// Leases in the lockspace (on the coordinator).
@@ -80,6 +87,14 @@ enum Command {
         done: oneshot::Sender<RangeOutcome>,
     },
     RegisterAgain,
+    HandOver {
+        to: Option<NodeId>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    StoreClosed {
+        epoch: Epoch,
+    },
+    KeepStore,
 }
 
 /// The handle of a running volume service.
@@ -178,6 +193,30 @@ impl VolumeHandle {
         let _ = self.commands.send(Command::RegisterAgain);
     }
 
+    /// Asks for a planned hand-over of the coordinator role to `to` (`None`: any other
+    /// live node); the coordinator carries it out. Returns once asked: the role moves
+    /// when the coordinator in the status changes. The error says why it cannot be
+    /// asked now.
+    pub async fn hand_over(&self, to: Option<NodeId>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::HandOver { to, done })
+            .map_err(|_| LeaseError::Stopped.to_string())?;
+        rx.await.map_err(|_| LeaseError::Stopped.to_string())?
+    }
+
+    /// The user keeps the volume's metadata store while this node coordinates: a
+    /// hand-over waits for [`VolumeHandle::store_closed`].
+    pub fn keep_store(&self) {
+        let _ = self.commands.send(Command::KeepStore);
+    }
+
+    /// The user closed the metadata store it had opened for `epoch` (everything is
+    /// on the LUN), or has none open.
+    pub fn store_closed(&self, epoch: Epoch) {
+        let _ = self.commands.send(Command::StoreClosed { epoch });
+    }
+
     /// The volume's state now.
     pub fn status(&self) -> VolumeStatus {
         self.status.borrow().clone()
@@ -254,13 +293,14 @@ pub fn start(
     save_incarnation(&setup.incarnation_file, incarnation)?;
 
     let now = millis(clock);
-    let node = Node::new(
+    let mut node = Node::new(
         setup.node,
         incarnation,
         setup.members.clone(),
         setup.timing,
         now,
     );
+    node.set_reservation_port(setup.disk.device().reservation_port());
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (disk_tx, disk_rx) = mpsc::unbounded_channel();
     let (events, _) = broadcast::channel(256);
@@ -272,6 +312,8 @@ pub fn start(
         incarnation,
         key: node.key(),
         serving: false,
+        handing_over: None,
+        coordinator_serving: false,
         leases: 0,
         lockspace: None,
         since_ms: super::lun_disk::wall_clock_ms(),
@@ -437,6 +479,24 @@ impl VolumeTask {
                 tracing::info!(volume = self.label, "registering again on the direct path");
                 self.node.register_again(now)
             }
+            Command::HandOver { to, done } => match self.node.hand_over(now, to) {
+                Ok(actions) => {
+                    let _ = done.send(Ok(()));
+                    actions
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                    Vec::new()
+                }
+            },
+            Command::StoreClosed { epoch } => {
+                self.node.store_closed(epoch);
+                self.node.handle(now, Event::Tick)
+            }
+            Command::KeepStore => {
+                self.node.set_store_keeper(true);
+                Vec::new()
+            }
         }
     }
 
@@ -554,6 +614,8 @@ impl VolumeTask {
             incarnation: node.incarnation(),
             key: node.key(),
             serving: node.serving_epoch(now).is_some(),
+            handing_over: node.handing_over_to(),
+            coordinator_serving: node.coordinator_serving(now),
             leases: node.valid_leases(now).len(),
             lockspace: node.lockspace_holdings().map(|h| h.len()),
             since_ms: self.status.borrow().since_ms,

@@ -248,6 +248,10 @@ impl BlockDevice for FileDevice {
     fn read_reservation(&self) -> Result<Option<PrHolder>, BlockError> {
         self.reservations()?.read_reservation(&self.name)
     }
+
+    fn reservation_port(&self) -> Option<String> {
+        self.nexus().map(|n| n.initiator.clone())
+    }
 }
 
 #[cfg(test)]

@@ -486,7 +486,7 @@ mod tests {
         for dev in [&a, &b, &outsider] {
             assert_eq!(dev.read_keys().unwrap().keys, vec![0xB]);
             let holder = dev.read_reservation().unwrap().unwrap();
-            assert_eq!((holder.key, holder.kind), (0xB, WERO));
+            assert_eq!((holder.key, holder.kind), (0xB, Some(WERO)));
         }
         let mut back = AlignedBuf::zeroed(4096);
         a.read_at(&mut back, 0).unwrap();

@@ -76,6 +76,14 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
         })
     }
 
+    /// The name under which the target knows this device's session in its persistent
+    /// reservations, as REGISTER AND MOVE names its receiver: an iSCSI initiator port
+    /// (`NAME,i,0xISID`), the image-file emulation's initiator name; `None` for
+    /// backends without reservations.
+    fn reservation_port(&self) -> Option<String> {
+        None
+    }
+
     /// Counts the events after which this node may have lost its registration without
     /// being told: a reconnect to the target, a UNIT ATTENTION for a reset or for a
     /// change of reservations. Whoever holds a key compares it before and after its

@@ -129,9 +129,11 @@ pub enum PrOut {
         /// PREEMPT AND ABORT: also abort the victim's commands (tgtd refuses it).
         abort: bool,
     },
-    /// Hands the reservation to another initiator, registered with `new_key`, and
-    /// unregisters this one. (SPC registers the receiver if it is not yet; tgtd requires
-    /// it to be registered with `new_key` already, so callers register it first.)
+    /// Hands the reservation to another initiator, registered with `new_key`, and with
+    /// `unregister` unregisters this one (UNREG); without it, this one stays registered
+    /// (and may go on writing under a Registrants Only type). (SPC registers the
+    /// receiver if it is not yet; tgtd requires it to be registered with `new_key`
+    /// already, so callers register it first.)
     RegisterAndMove {
         /// This initiator's registered key (the holder's).
         key: PrKey,
@@ -140,6 +142,8 @@ pub enum PrOut {
         /// The receiver: an initiator port name `NAME,i,0xISID` (what
         /// `IscsiDevice::initiator_port` gives; tgtd needs the ISID) or a name alone.
         to_initiator: String,
+        /// UNREG: this initiator's registration goes too.
+        unregister: bool,
     },
 }
 
@@ -195,8 +199,11 @@ pub struct PrHolder {
     pub generation: u32,
     /// The holder's key (0 for the "all registrants" types).
     pub key: PrKey,
-    /// The reservation type.
-    pub kind: ReservationType,
+    /// The reservation type; `None` for a reservation without one (tgtd leaves it so
+    /// after REGISTER AND MOVE, until the holder sets one by PREEMPTing its own key).
+    /// Write access then follows the holder's and the registrations' (tgtd conflicts
+    /// every command of an unregistered initiator).
+    pub kind: Option<ReservationType>,
 }
 
 /// Why a target refused a reservation action or an I/O.

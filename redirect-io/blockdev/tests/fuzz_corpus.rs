@@ -165,6 +165,7 @@ fn seeds() {
                 key: 0xA,
                 new_key: 0xD,
                 to_initiator: "iqn.z".into(),
+                unregister: true,
             },
         )
         .unwrap();

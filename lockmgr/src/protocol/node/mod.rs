@@ -17,12 +17,17 @@
 //! - a silent member, or a holder that does not give a recalled lease back, is fenced
 //!   by the coordinator, and its leases are freed only after they have run out;
 //! - a node that meets a reservation conflict gives up its role and leases, and rejoins
-//!   with a new incarnation.
+//!   with a new incarnation;
+//! - a planned hand-over (`hand_over.rs`) moves the reservation only after the
+//!   coordinator stopped serving and closed its store, and the receiver then takes
+//!   over as after a failover (drain, new epoch, reports, barrier).
 
+mod hand_over;
 mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use hand_over::HandOver;
 use ranges::{RangeClient, RangeTable};
 
 use super::lockspace::{Decision, Lockspace, Waiter};
@@ -60,6 +65,11 @@ enum Purpose {
         coordinator: NodeId,
         second: bool,
     },
+    /// REGISTER AND MOVE of a planned hand-over to the node.
+    Move(NodeId),
+    /// The receiver of a hand-over sets the reservation's type (tgtd moves it without
+    /// one) by preempting its own key, then reads who holds it.
+    SetType,
 }
 
 /// A check of a silent coordinator's disk heartbeat in progress.
@@ -100,6 +110,8 @@ struct Coordination {
     /// they may hold byte-range locks nobody here knows of (range locks, unlike leases,
     /// do not run out), so no range lock is granted until their keys are gone.
     ranges_unknown: BTreeSet<NodeId>,
+    /// A planned hand-over under way: nothing is granted or renewed meanwhile.
+    handing_over: Option<HandOver>,
 }
 
 /// A node of one volume.
@@ -136,6 +148,13 @@ pub struct Node {
     ranges: RangeClient,
     next_req: u64,
     coord: Option<Coordination>,
+    /// How the target knows this node's session (for a hand-over to this node).
+    port: Option<String>,
+    /// Whether a hand-over waits for the user to close the metadata store.
+    store_keeper: bool,
+    /// After handing the role over: the receiver, the epoch handed over and when to
+    /// tell it again, until the receiver speaks as coordinator of a newer epoch.
+    handed_to: Option<(NodeId, Epoch, Millis)>,
     out: Vec<Action>,
 }
 
@@ -177,6 +196,9 @@ impl Node {
             ranges: RangeClient::default(),
             next_req: 1,
             coord: None,
+            port: None,
+            store_keeper: false,
+            handed_to: None,
             out: Vec::new(),
         };
         n.join(now);
@@ -216,7 +238,18 @@ impl Node {
     /// The epoch in which this node may write the volume's metadata now, if it is the
     /// serving coordinator.
     pub fn serving_epoch(&self, now: Millis) -> Option<Epoch> {
-        (self.phase == Phase::Coordinator && self.disk_fresh(now)).then_some(self.epoch)
+        (self.phase == Phase::Coordinator && self.disk_fresh(now) && !self.handing_over())
+            .then_some(self.epoch)
+    }
+
+    /// Whether a coordinator serves this node now: it serves itself, or it follows one
+    /// that acknowledged its heartbeats in this epoch within a lease.
+    pub fn coordinator_serving(&self, now: Millis) -> bool {
+        match self.phase {
+            Phase::Coordinator => self.serving_epoch(now).is_some(),
+            Phase::Follower(_) => now < self.lease_valid_until,
+            _ => false,
+        }
     }
 
     /// The leases this node may rely on now (its caches are valid for these).
@@ -350,6 +383,7 @@ impl Node {
         }
         match self.phase {
             Phase::Follower(c) => {
+                self.tell_receiver(now, c);
                 if self.silent_coordinator(now, c) {
                     self.check_alive(now, c);
                 } else if now >= self.next_resend {
@@ -615,6 +649,7 @@ impl Node {
     }
 
     fn coordinator_tick(&mut self, now: Millis) {
+        self.hand_over_tick(now);
         if self.serving_epoch(now).is_some() {
             let deferred = std::mem::take(&mut self.coord.as_mut().expect("coordinating").deferred);
             self.apply(now, deferred);
@@ -729,6 +764,9 @@ impl Node {
                 | Msg::Holdings { .. }
                 | Msg::Range { .. }
                 | Msg::RangeCancel { .. }
+                | Msg::MoveTo { .. }
+                | Msg::Accept { .. }
+                | Msg::Moved { .. }
         );
         if as_coordinator && self.phase == Phase::Follower(from) {
             self.coordinating_since = now;
@@ -918,6 +956,9 @@ impl Node {
                 if epoch == self.epoch && self.phase == Phase::Follower(from) {
                     self.on_range_answer(now, req, outcome);
                 }
+            }
+            Msg::MoveTo { .. } | Msg::Offer { .. } | Msg::Accept { .. } | Msg::Moved { .. } => {
+                self.on_hand_over_message(now, from, incarnation, msg);
             }
         }
     }
@@ -1182,7 +1223,17 @@ impl Node {
             (Purpose::Reserve, DiskReply::Done) | (Purpose::TakeOver, DiskReply::Done) => {
                 self.won(now)
             }
-            (Purpose::Reserve | Purpose::TakeOver, _) if conflict => {
+            (Purpose::SetType, DiskReply::Done) => {
+                self.queue_disk(
+                    DiskOp::ReadReservation,
+                    Purpose::FindCoordinator { dead: None },
+                );
+            }
+            (Purpose::Move(to), DiskReply::Done) => self.handed_over(now, to),
+            (Purpose::Move(_), DiskReply::Refused) => {
+                self.end_hand_over("the target refused to move the reservation");
+            }
+            (Purpose::Reserve | Purpose::TakeOver | Purpose::SetType, _) if conflict => {
                 self.queue_disk(DiskOp::ReadKeys, Purpose::AfterConflict);
             }
             (Purpose::AfterConflict, DiskReply::Keys(keys)) => {

@@ -506,9 +506,11 @@ impl BlockDevice for IscsiDevice {
                     key,
                     new_key,
                     to_initiator,
+                    unregister,
                 },
             ) if scsi::split_port_name(to_initiator).1.is_some() => {
-                let params = scsi::register_and_move_params(*key, *new_key, to_initiator, true);
+                let params =
+                    scsi::register_and_move_params(*key, *new_key, to_initiator, *unregister, true);
                 let mut cdb = cdb;
                 cdb[5..9].copy_from_slice(&(params.len() as u32).to_be_bytes());
                 self.command(Op::ReserveOut, cdb, Transfer::Write(&params))?
@@ -529,7 +531,9 @@ impl BlockDevice for IscsiDevice {
             PrOut::Register { .. }
             | PrOut::RegisterIgnoreExisting { .. }
             | PrOut::Clear { .. }
-            | PrOut::RegisterAndMove { .. } => *reg = None,
+            | PrOut::RegisterAndMove {
+                unregister: true, ..
+            } => *reg = None,
             _ => {}
         }
         Ok(())
@@ -550,5 +554,9 @@ impl BlockDevice for IscsiDevice {
 
     fn path_generation(&self) -> u64 {
         self.session.generation()
+    }
+
+    fn reservation_port(&self) -> Option<String> {
+        Some(self.initiator_port())
     }
 }

@@ -105,7 +105,10 @@ fn pr_out_params(action: &PrOut) -> Vec<u8> {
             key,
             new_key,
             to_initiator,
-        } => return register_and_move_params(*key, *new_key, to_initiator, false),
+            unregister,
+        } => {
+            return register_and_move_params(*key, *new_key, to_initiator, *unregister, false);
+        }
     };
     let mut p = vec![0u8; 24];
     p[0..8].copy_from_slice(&key.to_be_bytes());
@@ -113,14 +116,20 @@ fn pr_out_params(action: &PrOut) -> Vec<u8> {
     p
 }
 
-/// The REGISTER AND MOVE parameter list: keys, UNREG (the sender is unregistered),
-/// relative target port 1, and the receiver's iSCSI TransportID.
+/// The REGISTER AND MOVE parameter list: keys, UNREG if `unregister` (the sender is
+/// unregistered), relative target port 1, and the receiver's iSCSI TransportID.
 ///
 /// `to` is an initiator name, or an initiator port name `NAME,i,0xISID` (12 hex digits).
 /// A name alone gives format 00; a port name gives format 01, laid out as SPC-4 says
 /// (`NAME,i,0xISID` in text) or, with `tgtd_layout`, as tgtd 1.0.85 compares it: the
 /// name, its NUL, then `,i,0x` and the six ISID bytes themselves.
-pub fn register_and_move_params(key: u64, new_key: u64, to: &str, tgtd_layout: bool) -> Vec<u8> {
+pub fn register_and_move_params(
+    key: u64,
+    new_key: u64,
+    to: &str,
+    unregister: bool,
+    tgtd_layout: bool,
+) -> Vec<u8> {
     let (name, isid) = split_port_name(to);
     let mut id = Vec::new();
     let format = match (isid, tgtd_layout) {
@@ -152,7 +161,9 @@ pub fn register_and_move_params(key: u64, new_key: u64, to: &str, tgtd_layout: b
     let mut p = vec![0u8; 24];
     p[0..8].copy_from_slice(&key.to_be_bytes());
     p[8..16].copy_from_slice(&new_key.to_be_bytes());
-    p[17] = 0x02; // UNREG
+    if unregister {
+        p[17] = 0x02; // UNREG
+    }
     p[18..20].copy_from_slice(&1u16.to_be_bytes());
     p[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
     p.extend_from_slice(&tid);
@@ -285,16 +296,14 @@ pub fn decode_read_reservation(d: &[u8]) -> Result<Option<PrHolder>, ScsiDataErr
     }
     let key = u64::from_be_bytes(d[8..16].try_into().expect("8 bytes"));
     let code = d[21] & 0x0f;
-    if code == 0 {
-        return Err(ScsiDataError::Field(
-            "the reservation has no type: tgtd leaves it so after REGISTER AND MOVE; the \
-             holder sets one by PREEMPTing its own key with the type it wants"
-                .into(),
-        ));
-    }
-    let kind = ReservationType::from_code(code).ok_or_else(|| {
-        ScsiDataError::Field(format!("READ RESERVATION names unknown type {code}"))
-    })?;
+    // Type 0: tgtd moves a reservation so (REGISTER AND MOVE); the holder sets one by
+    // PREEMPTing its own key.
+    let kind = match code {
+        0 => None,
+        c => Some(ReservationType::from_code(c).ok_or_else(|| {
+            ScsiDataError::Field(format!("READ RESERVATION names unknown type {c}"))
+        })?),
+    };
     Ok(Some(PrHolder {
         generation,
         key,
@@ -343,9 +352,13 @@ mod tests {
         r.extend_from_slice(&[0, 0, 0, 0, 0, 5, 0, 0]);
         let h = decode_read_reservation(&r).unwrap().unwrap();
         assert_eq!(h.key, 5);
-        assert_eq!(h.kind, ReservationType::WriteExclusiveRegistrantsOnly);
+        assert_eq!(h.kind, Some(ReservationType::WriteExclusiveRegistrantsOnly));
         r[21] = 2;
         assert!(decode_read_reservation(&r).is_err());
+        // tgtd after REGISTER AND MOVE: a holder without a type.
+        r[21] = 0;
+        let h = decode_read_reservation(&r).unwrap().unwrap();
+        assert_eq!((h.key, h.kind), (5, None));
     }
 
     #[test]
@@ -363,8 +376,10 @@ mod tests {
             key: 1,
             new_key: 2,
             to_initiator: "iqn.2026-11.io.csvfs:n2".into(),
+            unregister: true,
         });
         assert_eq!(cdb[1], 7);
+        assert_eq!(p[17], 0x02, "UNREG");
         assert_eq!(p.len() % 4, 0);
         assert_eq!(p[24], 0x05);
         assert_eq!(&p[28..51], b"iqn.2026-11.io.csvfs:n2");
@@ -378,10 +393,11 @@ mod tests {
             split_port_name("iqn.x:n2,i,0x80"),
             ("iqn.x:n2,i,0x80", None)
         );
-        let std = register_and_move_params(1, 2, &port, false);
+        let std = register_and_move_params(1, 2, &port, false, false);
+        assert_eq!(std[17], 0, "no UNREG");
         assert_eq!(std[24], 0x45);
         assert_eq!(&std[28..53], b"iqn.x:n2,i,0x800102030405");
-        let tgtd = register_and_move_params(1, 2, &port, true);
+        let tgtd = register_and_move_params(1, 2, &port, false, true);
         assert_eq!(&tgtd[28..37], b"iqn.x:n2\0");
         assert_eq!(
             &tgtd[37..48],

@@ -582,13 +582,14 @@ mod tests {
                     abort
                 }
             ),
-            (key(), key(), to).prop_map(|(key, new_key, to_initiator)| {
-                PrOut::RegisterAndMove {
+            (key(), key(), to, any::<bool>()).prop_map(
+                |(key, new_key, to_initiator, unregister)| PrOut::RegisterAndMove {
                     key,
                     new_key,
                     to_initiator,
+                    unregister,
                 }
-            }),
+            ),
         ]
     }
 

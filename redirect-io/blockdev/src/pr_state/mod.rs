@@ -200,7 +200,7 @@ impl PrState {
         Some(PrHolder {
             generation: self.generation,
             key,
-            kind: r.kind(),
+            kind: Some(r.kind()),
         })
     }
 
@@ -270,7 +270,8 @@ impl PrState {
                 key,
                 new_key,
                 to_initiator,
-            } => self.register_and_move(nexus, *key, *new_key, to_initiator),
+                unregister,
+            } => self.register_and_move(nexus, *key, *new_key, to_initiator, *unregister),
         }
     }
 
@@ -446,6 +447,7 @@ impl PrState {
         key: PrKey,
         new_key: PrKey,
         to_initiator: &str,
+        unregister: bool,
     ) -> Result<(), PrRefusal> {
         let mover = self.registered_with(nexus, key)?;
         let kind = match &self.reservation {
@@ -473,8 +475,10 @@ impl PrState {
                 self.registrations[d].nexus.clone()
             }
             None => {
+                if !unregister && self.registrations.len() >= PrState::MAX_REGISTRATIONS {
+                    return Err(PrRefusal::Invalid);
+                }
                 let n = Nexus::new(to_initiator, 0);
-                // The mover's registration goes below, so the count does not grow.
                 self.registrations.push(Registration {
                     nexus: n.clone(),
                     key: new_key,
@@ -486,7 +490,9 @@ impl PrState {
             holder: dest_nexus,
             kind,
         });
-        self.registrations.remove(mover);
+        if unregister {
+            self.registrations.remove(mover);
+        }
         self.bump();
         Ok(())
     }

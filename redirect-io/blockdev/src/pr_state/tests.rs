@@ -212,7 +212,7 @@ fn an_all_registrants_reservation_lasts_while_anyone_is_registered() {
     assert!(s.holds(&b()));
     assert_eq!(
         s.read_reservation().unwrap().kind,
-        WriteExclusiveAllRegistrants
+        Some(WriteExclusiveAllRegistrants)
     );
     s.apply(
         &b(),
@@ -282,7 +282,7 @@ fn reserve_needs_a_registration_and_its_key() {
         Some(PrHolder {
             generation: 2,
             key: 0xA,
-            kind: WriteExclusive
+            kind: Some(WriteExclusive)
         })
     );
 }
@@ -465,7 +465,7 @@ fn preempting_the_holder_takes_its_reservation_with_the_new_type() {
         Some(PrHolder {
             generation: 4,
             key: 0xB,
-            kind: WriteExclusiveRegistrantsOnly
+            kind: Some(WriteExclusiveRegistrantsOnly)
         })
     );
 }
@@ -484,7 +484,7 @@ fn preempt_removes_every_registration_with_the_victim_key() {
     assert!(s.holds(&c()));
     assert_eq!(
         s.read_reservation().unwrap().kind,
-        WriteExclusiveRegistrantsOnly
+        Some(WriteExclusiveRegistrantsOnly)
     );
 }
 
@@ -523,7 +523,7 @@ fn preempt_with_victim_zero_is_only_for_all_registrants_reservations() {
     assert!(s.holds(&b()));
     assert_eq!(
         s.read_reservation().unwrap().kind,
-        WriteExclusiveRegistrantsOnly
+        Some(WriteExclusiveRegistrantsOnly)
     );
 }
 
@@ -537,7 +537,7 @@ fn preempting_a_key_under_all_registrants_keeps_the_reservation() {
     assert_eq!(s.read_keys().keys, vec![0xB, 0xC]);
     assert_eq!(
         s.read_reservation().unwrap().kind,
-        WriteExclusiveAllRegistrants
+        Some(WriteExclusiveAllRegistrants)
     );
 }
 
@@ -550,7 +550,7 @@ fn the_holder_preempting_its_own_key_changes_the_type_and_stays() {
     s.apply(&a(), &preempt(0xA, 0xA, ExclusiveAccess)).unwrap();
     assert!(s.holds(&a()));
     assert_eq!(s.key_of(&a2), None, "the other nexus with that key goes");
-    assert_eq!(s.read_reservation().unwrap().kind, ExclusiveAccess);
+    assert_eq!(s.read_reservation().unwrap().kind, Some(ExclusiveAccess));
 }
 
 #[test]
@@ -585,6 +585,7 @@ fn register_and_move_hands_the_reservation_to_a_registered_session() {
         key: 0xA,
         new_key: 0xBB,
         to_initiator: b().initiator,
+        unregister: true,
     };
     s.apply(&a(), &mv).unwrap();
     assert_eq!(s.key_of(&a()), None, "the mover is unregistered");
@@ -595,7 +596,7 @@ fn register_and_move_hands_the_reservation_to_a_registered_session() {
         Some(PrHolder {
             generation: 3,
             key: 0xBB,
-            kind: WriteExclusiveRegistrantsOnly
+            kind: Some(WriteExclusiveRegistrantsOnly)
         })
     );
 }
@@ -608,6 +609,7 @@ fn register_and_move_to_an_unregistered_initiator_registers_its_session_zero() {
         key: 0xA,
         new_key: 0xCC,
         to_initiator: "iqn.z".into(),
+        unregister: true,
     };
     s.apply(&a(), &mv).unwrap();
     let z = Nexus::new("iqn.z", 0);
@@ -616,11 +618,35 @@ fn register_and_move_to_an_unregistered_initiator_registers_its_session_zero() {
 }
 
 #[test]
+fn register_and_move_without_unreg_keeps_the_mover_registered() {
+    let mut s = two_registered();
+    s.apply(&a(), &reserve(0xA, WriteExclusiveRegistrantsOnly))
+        .unwrap();
+    let mv = PrOut::RegisterAndMove {
+        key: 0xA,
+        new_key: 0xB,
+        to_initiator: b().initiator,
+        unregister: false,
+    };
+    s.apply(&a(), &mv).unwrap();
+    assert!(s.holds(&b()));
+    assert_eq!(s.key_of(&a()), Some(0xA), "the mover stays registered");
+    assert!(s.may_write(&a()), "and may write under Registrants Only");
+    // The new holder re-establishes the reservation by preempting its own key (as
+    // it must on tgtd, which moves the reservation without its type).
+    s.apply(&b(), &preempt(0xB, 0xB, WriteExclusiveRegistrantsOnly))
+        .unwrap();
+    assert!(s.holds(&b()));
+    assert_eq!(s.read_keys().keys, vec![0xA, 0xB]);
+}
+
+#[test]
 fn register_and_move_refusals() {
     let mv = |key, new_key, to: &str| PrOut::RegisterAndMove {
         key,
         new_key,
         to_initiator: to.into(),
+        unregister: true,
     };
     let mut s = two_registered();
     refused(&mut s, &a(), mv(0xA, 0xC, "iqn.z"), PrRefusal::Invalid); // no reservation
@@ -718,6 +744,7 @@ fn generation_counts_registration_changes_only() {
             key: 0xA,
             new_key: 0xD,
             to_initiator: "iqn.d".into(),
+            unregister: true,
         },
     )
     .unwrap();
