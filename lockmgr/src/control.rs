@@ -248,6 +248,9 @@ pub enum Response {
     Moved {
         /// One per volume moved.
         moves: Vec<RoleMove>,
+        /// Volumes whose role did not move, each with why.
+        #[serde(default)]
+        errors: Vec<String>,
     },
     /// How each node took a change of redirected mode.
     Redirected {
@@ -437,26 +440,36 @@ async fn answer(
             };
             let within = Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
             match move_role(&volume, v, Some(to), within).await {
-                Ok(m) => Response::Moved { moves: vec![m] },
+                Ok(m) => Response::Moved {
+                    moves: vec![m],
+                    errors: Vec::new(),
+                },
                 Err(message) => Response::Error { message },
             }
         }
         Request::Drain { node, timeout_ms } => {
             let within = Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
-            let mut moves = Vec::new();
+            let (mut moves, mut errors) = (Vec::new(), Vec::new());
             for st in shell.status() {
-                if st.coordinator != Some(node) {
-                    continue;
-                }
                 let Some(v) = shell.volume(&st.label) else {
                     continue;
                 };
+                if st.coordinator.is_none() {
+                    errors.push(format!(
+                        "volume {}: no coordinator now ({}); run the drain again in a few seconds",
+                        st.label, st.role
+                    ));
+                    continue;
+                }
+                if st.coordinator != Some(node) {
+                    continue;
+                }
                 match move_role(&st.label, v, None, within).await {
                     Ok(m) => moves.push(m),
-                    Err(message) => return Response::Error { message },
+                    Err(e) => errors.push(e),
                 }
             }
-            Response::Moved { moves }
+            Response::Moved { moves, errors }
         }
         Request::Redirect { volume, on } => {
             let Some(control) = shell.redirect_controls().get(&volume) else {
@@ -615,6 +628,7 @@ mod tests {
                 key: 0x0102,
                 serving: true,
                 handing_over: None,
+                hand_over_failure: None,
                 coordinator_serving: false,
                 leases: 1,
                 lockspace: Some(4),

@@ -327,8 +327,8 @@ fn encode_msg(w: &mut Vec<u8>, msg: &Msg) {
         Msg::Accept { epoch, port } => {
             w.push(15);
             u64s(w, &[*epoch]);
-            // Ports are checked where they are made; a longer one is cut rather than
-            // sent with a length that lies (the move is then refused by the target).
+            // Ports longer than this are not taken (`Node::set_reservation_port`); cut
+            // rather than sent with a length that lies.
             let port = &port.as_bytes()[..port.len().min(MAX_PORT_LEN)];
             w.push(port.len() as u8);
             w.extend_from_slice(port);

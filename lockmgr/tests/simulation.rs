@@ -1,6 +1,7 @@
 //! Deterministic simulation of the lock manager's protocol: three nodes, simulated
 //! time, a network that loses, delays and reorders messages and can be partitioned,
-//! nodes that crash and restart, paths to the LUN that reconnect, stall or fail for a
+//! nodes that crash and restart, paths to the LUN that reconnect (before a command, or
+//! after the target carried it out and before its answer), stall or fail for a
 //! while (the node still on the network), planned hand-overs of the coordinator role
 //! (asked of any node, during the faults and after them), and a target that
 //! behaves as tgtd does (`blockdev::PrState`: registrations belong to a session, no
@@ -94,6 +95,7 @@ enum Ev {
     Crash(NodeId),
     Restart(NodeId),
     Reconnect(NodeId),
+    LoseAnswer(NodeId),
     TargetRestart,
     Cut(NodeId, bool),
     Stall(NodeId, Millis),
@@ -120,6 +122,9 @@ struct SimNode {
     incarnation: u32,
     session: u64,
     reconnect_pending: bool,
+    /// The next disk operation is carried out, and its answer lost with the session
+    /// (a connection reset after the target acted): the node hears "possibly fenced".
+    answer_lost: bool,
     /// The node's path to the LUN answers nothing until then (a stalled path).
     stalled_until: Millis,
     /// The node's path to the LUN fails every operation until then (a lost path).
@@ -184,6 +189,7 @@ impl World {
                     incarnation: 0,
                     session: 0,
                     reconnect_pending: false,
+                    answer_lost: false,
                     stalled_until: 0,
                     path_down_until: 0,
                     app: App::default(),
@@ -243,6 +249,7 @@ impl World {
                     let heal = t + self.rng.range(500, 5_000);
                     self.at(heal.min(CHAOS_END), Ev::Cut(n, false));
                 }
+                2 if self.rng.chance(500) => self.at(t, Ev::LoseAnswer(n)),
                 2 => self.at(t, Ev::Reconnect(n)),
                 3 => self.at(t, Ev::TargetRestart),
                 _ => {
@@ -416,6 +423,7 @@ impl World {
                 // A new process: a new iSCSI session.
                 s.session += 1;
                 s.reconnect_pending = false;
+                s.answer_lost = false;
                 s.next_meta = 0;
                 s.meta_in_flight = 0;
                 let peers = (1..=NODES).collect();
@@ -431,6 +439,10 @@ impl World {
             Ev::Reconnect(n) => {
                 self.note(format!("n{n} RECONNECT"));
                 self.nodes.get_mut(&n).expect("node").reconnect_pending = true;
+            }
+            Ev::LoseAnswer(n) => {
+                self.note(format!("n{n} NEXT ANSWER LOST"));
+                self.nodes.get_mut(&n).expect("node").answer_lost = true;
             }
             Ev::TargetRestart => {
                 self.note("TARGET RESTART".into());
@@ -461,8 +473,21 @@ impl World {
         }
     }
 
-    /// The target's answer to a disk operation, as tgtd gives it.
+    /// The target's answer to a disk operation, as the node hears it.
     fn target_op(&mut self, node: NodeId, life: u32, op: &DiskOp) -> DiskReply {
+        let reply = self.target_apply(node, life, op);
+        let s = self.nodes.get_mut(&node).expect("node");
+        if s.life == life && std::mem::take(&mut s.answer_lost) {
+            // Carried out, but the connection went before the answer: the initiator
+            // reconnects on a new session and reports it.
+            s.session += 1;
+            return DiskReply::PossiblyFenced;
+        }
+        reply
+    }
+
+    /// The target's answer to a disk operation, as tgtd gives it.
+    fn target_apply(&mut self, node: NodeId, life: u32, op: &DiskOp) -> DiskReply {
         let s = self.nodes.get_mut(&node).expect("node");
         if s.life != life || self.now < s.path_down_until {
             return DiskReply::PossiblyFenced;
@@ -760,9 +785,9 @@ impl World {
         let s = self.nodes.get_mut(&n).expect("node");
         if s.meta_in_flight == 0
             && let Some(node) = s.node.as_mut()
-            && let Some(epoch) = node.store_to_close()
+            && let Some((epoch, seq)) = node.store_to_close()
         {
-            node.store_closed(epoch);
+            node.store_closed(epoch, seq);
             self.note(format!("n{n} STORE CLOSED epoch {epoch}"));
             return;
         }

@@ -204,8 +204,17 @@ impl Committer {
         let Some(timer) = self.timer.lock().take() else {
             return Ok(());
         };
-        let result = self.sync();
+        // Stopped first: a job submitted from now on is refused, and the durable
+        // commit below (let through) covers every job queued before.
         self.shared.queue.lock().stopped = true;
+        let result = self.shared.submit_job(
+            JobKind {
+                frees_space: false,
+                durable: true,
+            },
+            |_| Ok(()),
+            true,
+        );
         self.shared.wake_timer.notify_all();
         let _ = timer.join();
         result
@@ -229,6 +238,16 @@ impl Shared {
         R: Send + 'static,
         F: FnMut(&WriteTransaction) -> MetaResult<R> + Send + 'static,
     {
+        self.submit_job(kind, f, false)
+    }
+
+    /// Queues a job and waits for its commit; once stopped, only the closing commit
+    /// (`closing`) is taken.
+    fn submit_job<R, F>(&self, kind: JobKind, f: F, closing: bool) -> MetaResult<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&WriteTransaction) -> MetaResult<R> + Send + 'static,
+    {
         let (reply, rx) = bounded(1);
         let job = TypedJob {
             f,
@@ -239,7 +258,7 @@ impl Shared {
         };
         let lead = {
             let mut q = self.queue.lock();
-            if q.stopped {
+            if q.stopped && !closing {
                 return Err(MetaError::Store("the volume is closed".into()));
             }
             q.jobs.push(Box::new(job));

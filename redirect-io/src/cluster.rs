@@ -280,6 +280,7 @@ mod tests {
             key: 0,
             serving,
             handing_over: None,
+            hand_over_failure: None,
             coordinator_serving: false,
             leases: 0,
             lockspace: None,

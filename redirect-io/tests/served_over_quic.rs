@@ -64,6 +64,7 @@ impl Gate for Coordinator {
             key: 0,
             serving: true,
             handing_over: None,
+            hand_over_failure: None,
             coordinator_serving: false,
             leases: 0,
             lockspace: Some(0),

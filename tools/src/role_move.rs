@@ -56,17 +56,17 @@ pub fn run_move(args: MoveArgs) -> Result<()> {
     let config = Config::load(&d.config)?;
     require_volume(&config, &d.config, &args.label)?;
     let to = node_id(&config, &d.config, &args.to)?;
-    let moves = ask(
+    let (moves, errors) = ask(
         &config,
         d,
         &Request::Move {
             volume: args.label.clone(),
             to,
-            timeout_ms: d.timeout * 1000,
+            timeout_ms: d.timeout.saturating_mul(1000),
         },
     )?;
     print_moves(&config, &moves);
-    Ok(())
+    fail_on(&errors)
 }
 
 /// Runs `csvctl node drain`.
@@ -74,25 +74,38 @@ pub fn run_drain(args: DrainArgs) -> Result<()> {
     let d = &args.daemon;
     let config = Config::load(&d.config)?;
     let node = node_id(&config, &d.config, &args.node)?;
-    let moves = ask(
+    let (moves, errors) = ask(
         &config,
         d,
         &Request::Drain {
             node,
-            timeout_ms: d.timeout * 1000,
+            timeout_ms: d.timeout.saturating_mul(1000),
         },
     )?;
-    if moves.is_empty() {
+    if moves.is_empty() && errors.is_empty() {
         println!("{} coordinates no volume: nothing to move", args.node);
     }
     print_moves(&config, &moves);
+    fail_on(&errors)
+}
+
+fn fail_on(errors: &[String]) -> Result<()> {
+    for e in errors {
+        eprintln!("{e}");
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} volume(s) did not move; run the command again once the reason is gone",
+            errors.len()
+        );
+    }
     Ok(())
 }
 
-fn ask(config: &Config, d: &DaemonArgs, request: &Request) -> Result<Vec<RoleMove>> {
+fn ask(config: &Config, d: &DaemonArgs, request: &Request) -> Result<(Vec<RoleMove>, Vec<String>)> {
     let mut client = connect_any(config, &d.config, &d.root)?;
     match client.request(request)? {
-        Response::Moved { moves } => Ok(moves),
+        Response::Moved { moves, errors } => Ok((moves, errors)),
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the node daemon: {other:?}"),
     }

@@ -44,9 +44,6 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a call waits between attempts.
 const RETRY: Duration = Duration::from_millis(50);
 
-/// How long dropping the store waits for the calls still running on it.
-const QUIESCE_LIMIT: Duration = Duration::from_secs(10);
-
 /// Counters for status.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -201,9 +198,9 @@ impl ClusterVolume {
                 if held.is_some() {
                     self.quiesce_store("the role went").await;
                 }
-                if st.handing_over.is_some() {
+                if let Some((_, seq)) = st.handing_over {
                     // Also with no store open: the hand-over waits for this word.
-                    self.handle.store_closed(st.epoch);
+                    self.handle.store_closed(st.epoch, seq);
                 }
             }
             if watch.changed().await.is_err() {
@@ -232,8 +229,19 @@ impl ClusterVolume {
         let Some((epoch, vol)) = self.store.write().take() else {
             return;
         };
-        let deadline = Instant::now() + QUIESCE_LIMIT;
-        while Arc::strong_count(&vol) > 1 && Instant::now() < deadline {
+        // However long it takes: a second instance of the store must never open
+        // while a call still runs on this one (a stuck call ends with its I/O's
+        // timeout). A hand-over gives up meanwhile if it must.
+        let mut next_word = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&vol) > 1 {
+            if Instant::now() >= next_word {
+                warn!(
+                    volume = self.label,
+                    calls = Arc::strong_count(&vol) - 1,
+                    "closing the store waits for calls still running on it"
+                );
+                next_word += Duration::from_secs(5);
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         info!(

@@ -55,10 +55,19 @@ pub async fn move_role(
         .hand_over(to)
         .await
         .map_err(|e| format!("volume {volume}: {e}"))?;
+    let failed_before = before.hand_over_failure.as_ref().map(|(seq, _)| *seq);
     let moved = async {
         loop {
             {
                 let st = watch.borrow_and_update();
+                // Given up or refused on this node (when it is the coordinator): say
+                // why now rather than at the timeout.
+                if let Some((seq, why)) = &st.hand_over_failure
+                    && Some(*seq) != failed_before
+                    && st.coordinator == Some(from)
+                {
+                    return Err(format!("volume {volume}: {why}"));
+                }
                 if let Some(c) = st.coordinator
                     && c != from
                     && to.is_none_or(|t| t == c)
@@ -82,8 +91,9 @@ pub async fn move_role(
     match tokio::time::timeout(within, moved).await {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "volume {volume}: the coordinator role did not leave node {from} within {within:?}; \
-             its log says why (the receiver went away, or the store did not close in time)"
+            "volume {volume}: the coordinator role did not move from node {from} within {within:?} \
+             (`csvctl volume status` shows where it is; node {from}'s log says why a hand-over \
+             was given up)"
         )),
     }
 }

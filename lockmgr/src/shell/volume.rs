@@ -47,9 +47,14 @@ pub struct VolumeStatus {
     pub key: u64,
     /// True while this node coordinates and may write the metadata.
     pub serving: bool,
-    /// On the coordinator: the node a planned hand-over gives the role to.
+    /// On the coordinator: the node a planned hand-over gives the role to, and the
+    /// hand-over's number.
     #[serde(default)]
-    pub handing_over: Option<NodeId>,
+    pub handing_over: Option<(NodeId, u64)>,
+    /// Why the last hand-over this node began was given up or refused, with its
+    /// number.
+    #[serde(default)]
+    pub hand_over_failure: Option<(u64, String)>,
     /// A coordinator serves this node now (itself, or one that acknowledged its
     /// heartbeats in this epoch within a lease).
     #[serde(default)]
@@ -93,6 +98,7 @@ enum Command {
     },
     StoreClosed {
         epoch: Epoch,
+        seq: u64,
     },
     KeepStore,
 }
@@ -212,9 +218,9 @@ impl VolumeHandle {
     }
 
     /// The user closed the metadata store it had opened for `epoch` (everything is
-    /// on the LUN), or has none open.
-    pub fn store_closed(&self, epoch: Epoch) {
-        let _ = self.commands.send(Command::StoreClosed { epoch });
+    /// on the LUN), or has none open, having seen hand-over `seq` in the status.
+    pub fn store_closed(&self, epoch: Epoch, seq: u64) {
+        let _ = self.commands.send(Command::StoreClosed { epoch, seq });
     }
 
     /// The volume's state now.
@@ -313,6 +319,7 @@ pub fn start(
         key: node.key(),
         serving: false,
         handing_over: None,
+        hand_over_failure: None,
         coordinator_serving: false,
         leases: 0,
         lockspace: None,
@@ -489,8 +496,8 @@ impl VolumeTask {
                     Vec::new()
                 }
             },
-            Command::StoreClosed { epoch } => {
-                self.node.store_closed(epoch);
+            Command::StoreClosed { epoch, seq } => {
+                self.node.store_closed(epoch, seq);
                 self.node.handle(now, Event::Tick)
             }
             Command::KeepStore => {
@@ -615,6 +622,7 @@ impl VolumeTask {
             key: node.key(),
             serving: node.serving_epoch(now).is_some(),
             handing_over: node.handing_over_to(),
+            hand_over_failure: node.hand_over_failure().cloned(),
             coordinator_serving: node.coordinator_serving(now),
             leases: node.valid_leases(now).len(),
             lockspace: node.lockspace_holdings().map(|h| h.len()),

@@ -19,6 +19,9 @@ use crate::protocol::types::{DiskOp, Epoch, Millis, Msg, NodeId, node_key};
 /// A hand-over under way on the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct HandOver {
+    /// This node's number for it: a store closed for an earlier one that was given up
+    /// does not count for it.
+    seq: u64,
     /// The receiver.
     to: NodeId,
     /// Given up at this time if the reservation has not moved.
@@ -36,7 +39,8 @@ impl Node {
     /// Sets how the target knows this node's session (the port a hand-over to this
     /// node moves the reservation to); a node without one cannot receive the role.
     pub fn set_reservation_port(&mut self, port: Option<String>) {
-        self.port = port;
+        // A port that does not fit an `Accept` is no port: this node cannot receive.
+        self.port = port.filter(|p| !p.is_empty() && p.len() <= crate::wire::MAX_PORT_LEN);
     }
 
     /// Whether this node's user keeps a metadata store that a hand-over must wait to
@@ -79,25 +83,33 @@ impl Node {
         Ok(std::mem::take(&mut self.out))
     }
 
-    /// The user closed the metadata store of `epoch`: a hand-over may move the
-    /// reservation.
-    pub fn store_closed(&mut self, epoch: Epoch) {
+    /// The user closed the metadata store of `epoch` for hand-over `seq` (it saw the
+    /// hand-over in the status, then closed the store): the reservation may move.
+    pub fn store_closed(&mut self, epoch: Epoch, seq: u64) {
         if epoch == self.epoch
             && let Some(h) = self.coord.as_mut().and_then(|c| c.handing_over.as_mut())
+            && h.seq == seq
         {
             h.store_closed = true;
         }
     }
 
-    /// While handing over: the epoch whose metadata store the user must close.
-    pub fn store_to_close(&self) -> Option<Epoch> {
+    /// While handing over: the epoch whose metadata store the user must close, and
+    /// the hand-over's number.
+    pub fn store_to_close(&self) -> Option<(Epoch, u64)> {
         let h = self.coord.as_ref()?.handing_over.as_ref()?;
-        (!h.store_closed).then_some(self.epoch)
+        (!h.store_closed).then_some((self.epoch, h.seq))
     }
 
-    /// The receiver of a hand-over under way.
-    pub fn handing_over_to(&self) -> Option<NodeId> {
-        Some(self.coord.as_ref()?.handing_over.as_ref()?.to)
+    /// The receiver and number of a hand-over under way.
+    pub fn handing_over_to(&self) -> Option<(NodeId, u64)> {
+        let h = self.coord.as_ref()?.handing_over.as_ref()?;
+        Some((h.to, h.seq))
+    }
+
+    /// Why the last hand-over this node began was given up, with its number.
+    pub fn hand_over_failure(&self) -> Option<&(u64, String)> {
+        self.hand_over_failure_note.as_ref()
     }
 
     pub(super) fn handing_over(&self) -> bool {
@@ -135,7 +147,7 @@ impl Node {
         if to == Some(self.id) {
             return Ok(());
         }
-        if let Some(t) = self.handing_over_to() {
+        if let Some((t, _)) = self.handing_over_to() {
             return Err(format!("a hand-over to node {t} is under way"));
         }
         let to = self.receiver(now, to)?;
@@ -146,10 +158,14 @@ impl Node {
             "handing the coordinator role over"
         );
         let keeper = self.store_keeper;
+        self.hand_over_seq += 1;
+        let seq = self.hand_over_seq;
         let c = self.coord.as_mut().expect("coordinating");
         c.handing_over = Some(HandOver {
+            seq,
             to,
-            until: now + self.timing.fence,
+            // Closing the store waits for the calls running on it, and commits.
+            until: now + 4 * self.timing.fence,
             store_closed: !keeper,
             accepted: None,
             moving: false,
@@ -212,6 +228,10 @@ impl Node {
                 why,
                 "hand-over given up; serving again"
             );
+            self.hand_over_failure_note = Some((
+                h.seq,
+                format!("the hand-over to node {} was given up: {why}", h.to),
+            ));
         }
     }
 
@@ -228,6 +248,16 @@ impl Node {
         self.lease_valid_until = self.leases_valid_until();
         self.coord = None;
         self.alive_check = None;
+        // A follower fences nobody: fencing the coordinator queued (a member silent
+        // or holding a recalled lease, perhaps the receiver) is the receiver's now.
+        self.disk_queue.retain(|(_, p)| {
+            !matches!(
+                p,
+                Purpose::FindKeysOf(..)
+                    | Purpose::FenceMember(..)
+                    | Purpose::AfterFenceConflict(..)
+            )
+        });
         self.handed_to = Some((to, self.epoch, now + self.timing.heartbeat));
         self.phase = Phase::Joining;
         self.follow(now, to);
@@ -264,6 +294,11 @@ impl Node {
                 let to = (to != 0).then_some(to);
                 if let Err(e) = self.begin_hand_over(now, to) {
                     tracing::warn!(node = self.id, from, error = %e, "hand-over not started");
+                    self.hand_over_seq += 1;
+                    self.hand_over_failure_note = Some((
+                        self.hand_over_seq,
+                        format!("node {from} asked for a hand-over, refused: {e}"),
+                    ));
                 }
             }
             Msg::Offer { epoch } if epoch == self.epoch && self.phase == Phase::Follower(from) => {

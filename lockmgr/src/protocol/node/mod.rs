@@ -155,6 +155,10 @@ pub struct Node {
     /// After handing the role over: the receiver, the epoch handed over and when to
     /// tell it again, until the receiver speaks as coordinator of a newer epoch.
     handed_to: Option<(NodeId, Epoch, Millis)>,
+    /// The number of the last hand-over this node began (or refused).
+    hand_over_seq: u64,
+    /// Why the last one was given up or refused, with its number.
+    hand_over_failure_note: Option<(u64, String)>,
     out: Vec<Action>,
 }
 
@@ -199,6 +203,8 @@ impl Node {
             port: None,
             store_keeper: false,
             handed_to: None,
+            hand_over_seq: 0,
+            hand_over_failure_note: None,
             out: Vec::new(),
         };
         n.join(now);
@@ -536,8 +542,11 @@ impl Node {
         }
         self.alive_check = None;
         if slot.is_some() && a.first != Some(slot) {
-            // Alive and writing: the silence is this node's problem. Another fencing
-            // timeout before the next look.
+            // Alive and writing: the silence is this node's problem, or the node does
+            // not coordinate (a hand-over that came undone). Another fencing timeout
+            // before the next look; meanwhile the reservation says who holds the role
+            // (this node itself, after a hand-over whose receiver lost it back to it:
+            // it takes the role then, rather than both following each other).
             tracing::info!(
                 node = self.id,
                 coordinator = c,
@@ -545,6 +554,10 @@ impl Node {
             );
             self.last_heard.insert(c, now);
             self.coordinating_since = now;
+            // (Through SetType: a reservation moved here by a hand-over whose news
+            // never came has no type on tgtd until its holder gives it one.)
+            let key = self.key();
+            self.queue_disk(DiskOp::Preempt { key, victim: key }, Purpose::SetType);
         } else {
             self.take_over(c);
         }
@@ -1187,6 +1200,15 @@ impl Node {
         }
         self.disk_in_flight = None;
         let conflict = matches!(reply, DiskReply::Conflict | DiskReply::PossiblyFenced);
+        let fencing = matches!(
+            purpose,
+            Purpose::FindKeysOf(..) | Purpose::FenceMember(..) | Purpose::AfterFenceConflict(..)
+        );
+        if fencing && self.coord.is_none() {
+            // Fencing started as coordinator, answered after the role went: not this
+            // node's business any more.
+            return;
+        }
         match (purpose, reply) {
             (Purpose::Register, DiskReply::Done) => {
                 self.queue_disk(
@@ -1220,8 +1242,15 @@ impl Node {
                     ),
                 }
             }
-            (Purpose::Reserve, DiskReply::Done) | (Purpose::TakeOver, DiskReply::Done) => {
-                self.won(now)
+            (Purpose::Reserve, DiskReply::Done) => self.won(now),
+            // A PREEMPT of the holder's key that succeeds gives this node the
+            // reservation only if that key still held it: a hand-over may have moved
+            // it meanwhile, leaving the old holder's key registered. Read who holds it.
+            (Purpose::TakeOver, DiskReply::Done) => {
+                self.queue_disk(
+                    DiskOp::ReadReservation,
+                    Purpose::FindCoordinator { dead: None },
+                );
             }
             (Purpose::SetType, DiskReply::Done) => {
                 self.queue_disk(
