@@ -112,12 +112,6 @@ impl Node {
         self.hand_over_failure_note.as_ref()
     }
 
-    pub(super) fn handing_over(&self) -> bool {
-        self.coord
-            .as_ref()
-            .is_some_and(|c| c.handing_over.is_some())
-    }
-
     /// A live member to give the role to: `to`, or the first live peer.
     fn receiver(&self, now: Millis, to: Option<NodeId>) -> Result<NodeId, String> {
         let c = self.coord.as_ref().expect("coordinating");

@@ -244,8 +244,10 @@ impl Node {
     /// The epoch in which this node may write the volume's metadata now, if it is the
     /// serving coordinator.
     pub fn serving_epoch(&self, now: Millis) -> Option<Epoch> {
-        (self.phase == Phase::Coordinator && self.disk_fresh(now) && !self.handing_over())
-            .then_some(self.epoch)
+        (self.phase == Phase::Coordinator
+            && self.disk_fresh(now)
+            && self.handing_over_to().is_none())
+        .then_some(self.epoch)
     }
 
     /// Whether a coordinator serves this node now: it serves itself, or it follows one
