@@ -20,6 +20,7 @@ use fuser::{
 };
 use metadata::{AttrChange, FileKind, Inode, MetaError, NewNode, Timestamp, Unlinked};
 
+use crate::cluster::lease_cache::{LeaseCache, Ticket};
 use crate::data::{DataCounters, DataPath};
 use crate::inodes::InodeTable;
 use crate::locks::{MountLocks, RangeLocks};
@@ -36,8 +37,11 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct CsvFs {
     meta: Meta,
     writeback: bool,
-    /// How long the kernel may cache attributes and entries.
-    ttl: Duration,
+    /// How long the kernel may cache attributes and entries (without leases).
+    fixed_ttl: Duration,
+    /// On a shared volume, what the node keeps under metadata leases: the kernel
+    /// then keeps attributes for as long as their lease, and no entries.
+    leases: Option<Arc<LeaseCache>>,
     data: DataPath,
     inodes: Arc<InodeTable>,
     /// Cluster-wide locks; `None`: the kernel keeps locks itself (one node).
@@ -132,7 +136,8 @@ impl CsvFs {
         CsvFs {
             meta,
             writeback: writeback && !shared,
-            ttl: if shared { Duration::ZERO } else { OWNED_TTL },
+            fixed_ttl: if shared { Duration::ZERO } else { OWNED_TTL },
+            leases: None,
             data,
             inodes: Arc::new(InodeTable::default()),
             locks: None,
@@ -144,6 +149,36 @@ impl CsvFs {
     pub fn with_layout_use(mut self, limit: Duration) -> CsvFs {
         self.data.set_layout_use(limit);
         self
+    }
+
+    /// On a shared volume: let the kernel keep attributes under the metadata leases
+    /// of `leases` (see [`crate::cluster::lease_cache`]).
+    pub fn with_lease_cache(mut self, leases: Arc<LeaseCache>) -> CsvFs {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// Marks the start of an operation whose answer the kernel may cache.
+    fn begin(&self) -> Option<Ticket> {
+        self.leases.as_ref().map(|l| l.begin())
+    }
+
+    /// How long the kernel may keep the attributes of `ino` that the operation `t`
+    /// began answers with.
+    fn attr_ttl(&self, t: &Option<Ticket>, ino: u64) -> Duration {
+        match (&self.leases, t) {
+            (Some(l), Some(t)) => l.attr_ttl(t, ino),
+            _ => self.fixed_ttl,
+        }
+    }
+
+    /// How long the kernel may keep an entry: under leases, not at all (the node
+    /// answers lookups from what it keeps; see [`crate::cluster::lease_cache`]).
+    fn entry_ttl(&self) -> Duration {
+        match self.leases {
+            Some(_) => Duration::ZERO,
+            None => self.fixed_ttl,
+        }
     }
 
     /// The bytes this mount moved on the LUN.
@@ -164,10 +199,11 @@ impl CsvFs {
         file_attr(ino, &i)
     }
 
-    fn entry(&self, reply: ReplyEntry, ino: u64, inode: &Inode) {
+    fn entry(&self, reply: ReplyEntry, t: &Option<Ticket>, ino: u64, inode: &Inode) {
         self.inodes.looked_up(ino);
-        reply.entry(
-            &self.ttl,
+        reply.entry_with_ttls(
+            &self.attr_ttl(t, ino),
+            &self.entry_ttl(),
             &self.attr(ino, inode),
             Generation(inode.generation),
         );
@@ -246,9 +282,14 @@ impl CsvFs {
             .map_err(|e| errno(&e))
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, created: Result<(u64, Inode), Errno>) {
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+        t: &Option<Ticket>,
+        created: Result<(u64, Inode), Errno>,
+    ) {
         match created {
-            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Ok((ino, inode)) => self.entry(reply, t, ino, &inode),
             Err(e) => reply.error(e),
         }
     }
@@ -283,8 +324,9 @@ impl Filesystem for CsvFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.begin();
         match self.meta.lookup(parent.0, name.as_bytes()) {
-            Ok((ino, inode)) => self.entry(reply, ino, &inode),
+            Ok((ino, inode)) => self.entry(reply, &t, ino, &inode),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -296,8 +338,9 @@ impl Filesystem for CsvFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = self.begin();
         match self.meta.inode(ino.0) {
-            Ok(i) => reply.attr(&self.ttl, &self.attr(ino.0, &i)),
+            Ok(i) => reply.attr(&self.attr_ttl(&t, ino.0), &self.attr(ino.0, &i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -321,6 +364,7 @@ impl Filesystem for CsvFs {
         reply: ReplyAttr,
     ) {
         let ino = ino.0;
+        let t = self.begin();
         // Under the data lock: writes defer their times, and an explicit time must
         // win over a deferred one.
         let state = self.inodes.get(ino);
@@ -353,7 +397,7 @@ impl Filesystem for CsvFs {
             Ok::<_, MetaError>(inode.expect("set above"))
         })();
         match result {
-            Ok(i) => reply.attr(&self.ttl, &self.attr(ino, &i)),
+            Ok(i) => reply.attr(&self.attr_ttl(&t, ino), &self.attr(ino, &i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -375,6 +419,7 @@ impl Filesystem for CsvFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let t = self.begin();
         let created = self.create_node(
             req,
             parent,
@@ -383,7 +428,7 @@ impl Filesystem for CsvFs {
             u64::from(rdev),
             None,
         );
-        self.reply_entry(reply, created);
+        self.reply_entry(reply, &t, created);
     }
 
     fn mkdir(
@@ -396,8 +441,9 @@ impl Filesystem for CsvFs {
         reply: ReplyEntry,
     ) {
         let mode = libc::S_IFDIR | (mode & 0o7777 & !umask);
+        let t = self.begin();
         let created = self.create_node(req, parent, name, mode, 0, None);
-        self.reply_entry(reply, created);
+        self.reply_entry(reply, &t, created);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -438,6 +484,7 @@ impl Filesystem for CsvFs {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes().to_vec();
+        let t = self.begin();
         let created = self.create_node(
             req,
             parent,
@@ -446,7 +493,7 @@ impl Filesystem for CsvFs {
             0,
             Some(target),
         );
-        self.reply_entry(reply, created);
+        self.reply_entry(reply, &t, created);
     }
 
     fn rename(
@@ -488,8 +535,9 @@ impl Filesystem for CsvFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let t = self.begin();
         match self.meta.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(inode) => self.entry(reply, ino.0, &inode),
+            Ok(inode) => self.entry(reply, &t, ino.0, &inode),
             Err(MetaError::IsDir) => reply.error(Errno::EPERM),
             Err(e) => reply.error(errno(&e)),
         }
@@ -785,8 +833,9 @@ impl Filesystem for CsvFs {
             Ok((ino, inode)) => {
                 self.inodes.looked_up(ino);
                 self.inodes.opened(ino);
+                // One timeout for both: the entry's.
                 reply.created(
-                    &self.ttl,
+                    &self.entry_ttl(),
                     &self.attr(ino, &inode),
                     Generation(inode.generation),
                     FileHandle(0),

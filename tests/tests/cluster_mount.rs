@@ -110,6 +110,40 @@ fn a_file_written_on_one_node_reads_back_on_the_others_and_names_change_everywhe
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o640, "n{} sees mode {mode:o}", a + 1);
+    // What a follower looked up it keeps under lease: stats of the same path cost no
+    // call to the coordinator...
+    let remote_calls = |n: usize| {
+        c.volume_status(n)
+            .and_then(|v| v.io)
+            .expect("io in status")
+            .metadata_calls
+    };
+    let renamed = mounts[a].join("renamed");
+    let before = remote_calls(a);
+    for _ in 0..1000 {
+        std::fs::metadata(&renamed).unwrap();
+    }
+    let calls = remote_calls(a) - before;
+    println!("1000 stats on n{}: {calls} calls to the coordinator", a + 1);
+    assert!(calls <= 3, "n{}: {calls} calls for 1000 stats", a + 1);
+    // ... until another node changes the file: its lease is recalled first.
+    for (n, mode) in [(coord, 0o604), (b, 0o600)] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mounts[n].join("renamed"))
+            .unwrap();
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .unwrap();
+        f.set_len(1000 + mode as u64).unwrap();
+        let m = std::fs::metadata(&renamed).unwrap();
+        assert_eq!(
+            (m.permissions().mode() & 0o7777, m.len()),
+            (mode, 1000 + mode as u64),
+            "n{} after a change on n{}",
+            a + 1,
+            n + 1
+        );
+    }
     // unlink on the coordinator, stat on a and b.
     std::fs::remove_file(mounts[coord].join("renamed")).unwrap();
     for n in [a, b] {

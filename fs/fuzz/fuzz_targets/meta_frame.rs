@@ -1,9 +1,9 @@
-//! Fuzz target: the metadata service's frame decoders (a node's request, the
-//! coordinator's response) reject bad input with an error and never panic; what they
-//! accept encodes and decodes to the same frame.
+//! Fuzz target: the frame decoders of the metadata service (a node's request, the
+//! coordinator's response) and of lease recalls reject bad input with an error and
+//! never panic; what they accept encodes and decodes to the same frame.
 #![no_main]
 
-use csvfs::cluster::wire::{MetaRequest, MetaResponse};
+use csvfs::cluster::wire::{MetaRequest, MetaResponse, RecallDone, RecallRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,5 +12,11 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(r) = MetaResponse::decode(data) {
         assert_eq!(MetaResponse::decode(&r.encode()).unwrap(), r);
+    }
+    if let Ok(r) = RecallRequest::decode(data) {
+        assert_eq!(RecallRequest::decode(&r.encode()).unwrap(), r);
+    }
+    if let Ok(r) = RecallDone::decode(data) {
+        assert_eq!(RecallDone::decode(&r.encode()).unwrap(), r);
     }
 });

@@ -1,8 +1,13 @@
 //! A node's side of a shared volume: the coordinator's metadata service and the other
 //! nodes' calls to it (over the lock manager's QUIC links), following the
-//! coordinator role as the lock manager hands it around.
+//! coordinator role as the lock manager hands it around; the metadata leases under
+//! which the nodes' kernels cache attributes and entries.
 
+pub mod lease_cache;
+pub mod leases;
 pub mod mount;
+pub mod recall;
+pub mod stream_pool;
 pub mod volume;
 pub mod wire;
 

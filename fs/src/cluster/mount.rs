@@ -75,7 +75,8 @@ pub fn mount(
     config.clone_fd = true;
     let fs = CsvFs::new(Meta::new(vol.clone()), dev, false, true)
         .with_locks(vol.clone())
-        .with_layout_use(vol.layout_use);
+        .with_layout_use(vol.layout_use)
+        .with_lease_cache(vol.lease_cache());
     vol.report_io(path);
     let session = fuser::Session::new(fs, &mp, &config).map_err(|e| {
         anyhow::anyhow!(
@@ -84,6 +85,7 @@ pub fn mount(
             mp.display()
         )
     })?;
+    vol.lease_cache().set_notifier(session.notifier());
     let bg = session.spawn()?;
     tracing::info!(volume = vol.label(), mountpoint = %mp.display(), "mounted");
     Ok(bg)

@@ -16,6 +16,11 @@
 //!   errors, up to [`PATIENCE`].
 //! - Serving: the coordinator answers other nodes' calls with durable commits, since
 //!   what it acknowledges must survive its own crash.
+//! - Leases: every answer, its own included, grants the asking node a lease on the
+//!   attributes and entries it names, and a change recalls the other holders' leases
+//!   before it is answered ([`super::leases`], [`super::recall`]); every node keeps
+//!   entries and attributes under them, and lets its kernel keep attributes
+//!   ([`super::lease_cache`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +34,13 @@ use parking_lot::RwLock;
 use redirect_io::PathMonitor;
 use tracing::{info, warn};
 
-use super::wire::{MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome};
+use super::lease_cache::LeaseCache;
+use super::leases::{self, LeaseTable, Recall};
+use super::recall::Recaller;
+use super::stream_pool::StreamPool;
+use super::wire::{
+    MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome, RECALL_SERVICE,
+};
 use crate::locks::{Done, RangeLocks};
 use crate::meta::{MetaCall, MetaReply, MetaService, local};
 use fuser::Errno;
@@ -44,6 +55,11 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a call waits between attempts.
 const RETRY: Duration = Duration::from_millis(50);
 
+/// How long a metadata lease lasts unless recalled. Long: a node keeps what it looked
+/// up across a whole job; a holder that stops answering is waited for only until its
+/// lock manager lease has surely run out (see [`super::recall`]).
+pub const METADATA_LEASE: Duration = Duration::from_secs(60);
+
 /// Counters for status.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -53,6 +69,8 @@ pub struct Counters {
     pub local_calls: AtomicU64,
     /// Calls served for other nodes.
     pub served_calls: AtomicU64,
+    /// Calls answered from what this node keeps under lease.
+    pub cached_calls: AtomicU64,
 }
 
 /// One volume of this node.
@@ -65,8 +83,12 @@ pub struct ClusterVolume {
     rt: tokio::runtime::Handle,
     /// The store and the epoch it was opened for, while this node serves.
     store: RwLock<Option<(u64, Arc<Volume>)>>,
-    /// Idle request streams to coordinators, by node.
-    streams: parking_lot::Mutex<Vec<(u8, FramedStream)>>,
+    /// Idle request streams to coordinators.
+    streams: StreamPool,
+    /// The leases granted while this node coordinates.
+    leases: LeaseTable,
+    /// Lease recalls, both ways, and this node's kernel caches.
+    recaller: Arc<Recaller>,
     next_id: AtomicU64,
     /// How long after asking for it this node uses a layout for I/O on the LUN.
     pub layout_use: Duration,
@@ -92,6 +114,10 @@ impl ClusterVolume {
             .volume(label)
             .ok_or_else(|| anyhow::anyhow!("volume {label} has no lock manager"))?
             .clone();
+        let cache = Arc::new(LeaseCache::new(METADATA_LEASE));
+        // A holder that cut off drops what it keeps when its lock manager lease
+        // runs out: a lease after its last renewal, which is before the recall.
+        let give_up = Duration::from_millis(2 * timing.lease + timing.heartbeat);
         let v = Arc::new(ClusterVolume {
             label: label.to_string(),
             me: shell.id(),
@@ -100,7 +126,9 @@ impl ClusterVolume {
             handle,
             rt: tokio::runtime::Handle::current(),
             store: RwLock::new(None),
-            streams: parking_lot::Mutex::new(Vec::new()),
+            streams: StreamPool::new(label, METADATA_SERVICE),
+            leases: LeaseTable::new(METADATA_LEASE),
+            recaller: Arc::new(Recaller::new(shell.clone(), label, cache, give_up)),
             // Ids grow over the node's life and past those of its earlier lives
             // (the coordinator keeps answers by id: see metadata::requests).
             next_id: AtomicU64::new(first_request_id()),
@@ -116,8 +144,17 @@ impl ClusterVolume {
                 tokio::spawn(server.clone().serve(from, stream));
             }),
         );
+        let holder = v.recaller.clone();
+        shell.services().register(
+            label,
+            RECALL_SERVICE,
+            Arc::new(move |from, stream| {
+                tokio::spawn(holder.clone().serve(from, stream));
+            }),
+        );
         v.handle.keep_store();
         tokio::spawn(v.clone().follow_role());
+        tokio::spawn(v.clone().drop_when_out_of_touch());
         Ok(v)
     }
 
@@ -155,6 +192,69 @@ impl ClusterVolume {
         &self.label
     }
 
+    /// What this node keeps of the volume under leases.
+    pub fn lease_cache(&self) -> Arc<LeaseCache> {
+        self.recaller.cache.clone()
+    }
+
+    /// Drops everything kept under lease whenever this node may have lost touch with
+    /// the coordinator: its lock manager lease ran out, or the coordinator or the
+    /// epoch changed (the new coordinator knows nothing of the old one's leases).
+    async fn drop_when_out_of_touch(self: Arc<Self>) {
+        let mut watch = self.handle.watch();
+        let mut last = None;
+        loop {
+            let (now, in_touch) = {
+                let st = watch.borrow_and_update();
+                ((st.coordinator, st.epoch), st.coordinator_serving)
+            };
+            if !in_touch || last != Some(now) {
+                self.recaller.cache.drop_all();
+            }
+            last = Some(now);
+            if watch.changed().await.is_err() {
+                self.recaller.cache.drop_all();
+                return;
+            }
+        }
+    }
+
+    /// Carries out `call` for `node` on the store with `exec`, keeping the lease
+    /// table: whether the answer comes with a lease, and the other nodes' leases the
+    /// change made stale, to recall before it is answered.
+    fn carry_out(
+        &self,
+        vol: &Volume,
+        node: u8,
+        call: MetaCall,
+        exec: impl FnOnce(&Volume, MetaCall) -> MetaResult<MetaReply>,
+    ) -> MetaResult<(MetaReply, bool, Vec<Recall>)> {
+        let before = self.leases.snapshot();
+        let moved: Vec<u64> = leases::moves(&call)
+            .into_iter()
+            .filter_map(|(parent, name)| {
+                let lookup = MetaCall::Lookup {
+                    parent,
+                    name: name.to_vec(),
+                };
+                match local::execute(vol, lookup) {
+                    Ok(MetaReply::Entry(ino, _)) => Some(ino),
+                    _ => None,
+                }
+            })
+            .collect();
+        let reply = exec(vol, call.clone())?;
+        let granted = leases::granted_by(&call, &reply);
+        let leased = !granted.is_empty() && self.leases.grant(node, &before, granted);
+        let recalls = if call.changes() {
+            self.leases
+                .changed(node, &leases::changed_by(&call, &reply, &moved))
+        } else {
+            Vec::new()
+        };
+        Ok((reply, leased, recalls))
+    }
+
     /// The store, if this node serves the volume now.
     fn serving_store(&self) -> Option<(u64, Arc<Volume>)> {
         let st = self.handle.status();
@@ -185,6 +285,9 @@ impl ClusterVolume {
                             epoch = st.epoch,
                             "serving the volume's metadata"
                         );
+                        // Nobody keeps what an earlier coordinator leased.
+                        self.leases.clear();
+                        self.recaller.recall_everything(st.epoch).await;
                         *self.store.write() = Some((st.epoch, Arc::new(vol)));
                     }
                     Ok(Err(e)) => {
@@ -278,28 +381,39 @@ impl ClusterVolume {
         }
     }
 
-    /// Carries out another node's call, if this node serves the volume.
-    async fn answer(&self, from: u8, id: u64, call: MetaCall) -> Outcome {
-        match self.serving_store() {
-            None => Outcome::NotCoordinator {
+    /// Carries out another node's call, if this node serves the volume; recalls the
+    /// leases its change made stale before answering.
+    async fn answer(self: &Arc<Self>, from: u8, id: u64, call: MetaCall) -> Outcome {
+        let Some((epoch, vol)) = self.serving_store() else {
+            return Outcome::NotCoordinator {
                 epoch: self.handle.status().epoch,
-            },
-            Some((_, vol)) => {
-                self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
-                match tokio::task::spawn_blocking(move || local::execute_for(&vol, from, id, call))
-                    .await
-                {
-                    Ok(Ok(reply)) => Outcome::Reply(reply),
-                    Ok(Err(e)) => Outcome::Failed {
-                        errno: e.errno(),
-                        message: e.to_string(),
-                    },
-                    Err(e) => Outcome::Failed {
-                        errno: libc::EIO,
-                        message: format!("the coordinator's worker failed: {e}"),
-                    },
+            };
+        };
+        self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            me.carry_out(&vol, from, call, |vol, call| {
+                local::execute_for(vol, from, id, call)
+            })
+        })
+        .await;
+        match done {
+            Ok(Ok((reply, leased, recalls))) => {
+                self.recaller.recall_all(epoch, recalls).await;
+                if leased {
+                    Outcome::Leased(reply)
+                } else {
+                    Outcome::Reply(reply)
                 }
             }
+            Ok(Err(e)) => Outcome::Failed {
+                errno: e.errno(),
+                message: e.to_string(),
+            },
+            Err(e) => Outcome::Failed {
+                errno: libc::EIO,
+                message: format!("the coordinator's worker failed: {e}"),
+            },
         }
     }
 
@@ -319,27 +433,9 @@ impl ClusterVolume {
         }
     }
 
-    /// One exchange with node `to`, on an idle stream of the pool or a new one; the
-    /// stream goes back to the pool only after a whole exchange.
+    /// One exchange with node `to`, on a stream of the pool.
     async fn exchange(&self, to: u8, req: &MetaRequest) -> Result<Outcome, String> {
-        let pooled = {
-            let mut pool = self.streams.lock();
-            pool.iter()
-                .position(|(peer, _)| *peer == to)
-                .map(|i| pool.swap_remove(i).1)
-        };
-        let mut stream = match pooled {
-            Some(s) => s,
-            None => {
-                let mut s = self
-                    .shell
-                    .open_service(to, &self.label, METADATA_SERVICE)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                s.set_max_frame_len(MAX_FRAME);
-                s
-            }
-        };
+        let mut stream = self.streams.take(&self.shell, to).await?;
         stream
             .send(&req.encode())
             .await
@@ -353,36 +449,43 @@ impl ClusterVolume {
         if resp.id != req.id {
             return Err(format!("answer to request {} for {}", resp.id, req.id));
         }
-        self.streams.lock().push((to, stream));
+        self.streams.put(to, stream);
         Ok(resp.outcome)
     }
-}
 
-/// The first request id of this process: the clock in ms, shifted past the ids one
-/// life can use.
-fn first_request_id() -> u64 {
-    lockmgr::shell::lun_disk::wall_clock_ms() << 20
-}
-
-impl RangeLocks for ClusterVolume {
-    fn range(&self, file: u64, owner: u64, op: RangeOp, done: Done) {
-        let handle = self.handle.clone();
-        self.rt.spawn(async move {
-            let r = handle.range(file, owner, op, None).await;
-            done(r.map_err(|_| Errno::EIO));
-        });
+    /// An answer from what this node keeps under lease, if it has one.
+    fn kept_answer(&self, call: &MetaCall) -> Option<MetaReply> {
+        let cache = &self.recaller.cache;
+        let (reply, until) = match call {
+            MetaCall::Lookup { parent, name } => cache
+                .lookup(*parent, name)
+                .map(|(ino, inode, until)| (MetaReply::Entry(ino, inode), until))?,
+            MetaCall::Inode { ino } => cache
+                .inode(*ino)
+                .map(|(inode, until)| (MetaReply::Inode(inode), until))?,
+            _ => return None,
+        };
+        self.counters.cached_calls.fetch_add(1, Ordering::Relaxed);
+        LeaseCache::note_lease(until);
+        Some(reply)
     }
-}
 
-impl MetaService for ClusterVolume {
-    fn call(&self, call: MetaCall) -> MetaResult<MetaReply> {
+    /// Carries out `call` on this node's store while it coordinates, else on the
+    /// coordinator's, waiting for one up to [`PATIENCE`]; true with a lease.
+    fn call_coordinator(&self, call: MetaCall) -> MetaResult<(MetaReply, bool)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + PATIENCE;
         let mut last_problem = String::from("no coordinator yet");
         loop {
-            if let Some((_, vol)) = self.serving_store() {
+            if let Some((epoch, vol)) = self.serving_store() {
                 self.counters.local_calls.fetch_add(1, Ordering::Relaxed);
-                return local::execute(&vol, call);
+                let (reply, leased, recalls) =
+                    self.carry_out(&vol, self.me, call, local::execute)?;
+                drop(vol);
+                if !recalls.is_empty() {
+                    self.rt.block_on(self.recaller.recall_all(epoch, recalls));
+                }
+                return Ok((reply, leased));
             }
             let st = self.handle.status();
             if let Some(c) = st.coordinator.filter(|&c| c != self.me) {
@@ -405,7 +508,8 @@ impl MetaService for ClusterVolume {
                     }
                 });
                 match outcome {
-                    Ok(Outcome::Reply(r)) => return Ok(r),
+                    Ok(Outcome::Leased(r)) => return Ok((r, true)),
+                    Ok(Outcome::Reply(r)) => return Ok((r, false)),
                     Ok(Outcome::Failed { errno, message }) => {
                         return Err(MetaError::from_remote(errno, message));
                     }
@@ -426,6 +530,53 @@ impl MetaService for ClusterVolume {
             }
             std::thread::sleep(RETRY);
         }
+    }
+}
+
+/// The first request id of this process: the clock in ms, shifted past the ids one
+/// life can use.
+fn first_request_id() -> u64 {
+    lockmgr::shell::lun_disk::wall_clock_ms() << 20
+}
+
+impl RangeLocks for ClusterVolume {
+    fn range(&self, file: u64, owner: u64, op: RangeOp, done: Done) {
+        let handle = self.handle.clone();
+        self.rt.spawn(async move {
+            let r = handle.range(file, owner, op, None).await;
+            done(r.map_err(|_| Errno::EIO));
+        });
+    }
+}
+
+impl MetaService for ClusterVolume {
+    fn call(&self, call: MetaCall) -> MetaResult<MetaReply> {
+        let cache = &self.recaller.cache;
+        if let Some(reply) = self.kept_answer(&call) {
+            return Ok(reply);
+        }
+        let generation = cache.generation();
+        let sent = Instant::now();
+        let moved: Vec<u64> = leases::moves(&call)
+            .into_iter()
+            .filter_map(|(parent, name)| cache.lookup(parent, name).map(|(ino, _, _)| ino))
+            .collect();
+        let (reply, leased) = self.call_coordinator(call.clone())?;
+        // This node's own change: what it kept of the things changed goes (the
+        // coordinator recalls only the other nodes).
+        let generation = if call.changes() {
+            cache.changed_here(generation, &leases::changed_by(&call, &reply, &moved))
+        } else {
+            Some(generation)
+        };
+        match generation.filter(|_| leased) {
+            Some(g) => match cache.keep(g, sent, &call, &reply) {
+                Some(until) => LeaseCache::note_lease(until),
+                None => LeaseCache::note_unleased(),
+            },
+            None => LeaseCache::note_unleased(),
+        }
+        Ok(reply)
     }
 
     fn close(&self) -> MetaResult<()> {

@@ -13,6 +13,9 @@ use crate::meta::{MetaCall, MetaReply};
 /// The service number of the metadata service in the lock manager's `Service` frame.
 pub const METADATA_SERVICE: u8 = 1;
 
+/// The service number of lease recalls (coordinator to holder).
+pub const RECALL_SERVICE: u8 = 4;
+
 /// The largest metadata frame (a directory batch, an xattr of 64 KiB, a long extent
 /// list).
 pub const MAX_FRAME: usize = 4 << 20;
@@ -42,6 +45,10 @@ pub struct MetaResponse {
 pub enum Outcome {
     /// Done; the answer.
     Reply(MetaReply),
+    /// Done; the answer, and the asking node holds a lease on what it names: its
+    /// kernel may cache it until the lease runs out or is recalled (see
+    /// [`crate::cluster::leases`]).
+    Leased(MetaReply),
     /// The operation failed: its errno and message.
     Failed {
         /// The errno.
@@ -55,6 +62,35 @@ pub enum Outcome {
         /// The epoch this node knows.
         epoch: u64,
     },
+}
+
+/// Something a node's kernel may cache under a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LeaseKey {
+    /// The attributes of an inode (and the cached pages of a file, which the kernel
+    /// trusts only while it trusts the attributes).
+    Attr(u64),
+    /// A name in a directory.
+    Entry(u64, Vec<u8>),
+}
+
+/// A coordinator's recall of leases from their holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallRequest {
+    /// The coordinator's epoch.
+    pub epoch: u64,
+    /// What the holder must no longer trust.
+    pub keys: Vec<LeaseKey>,
+    /// Everything, whatever `keys` says (a new coordinator, which does not know what
+    /// its predecessor granted).
+    pub all: bool,
+}
+
+/// The holder's word that its kernel dropped what a recall named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallDone {
+    /// The recall's epoch.
+    pub epoch: u64,
 }
 
 /// Why a frame could not be decoded.
@@ -84,27 +120,23 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
     Ok(v)
 }
 
-impl MetaRequest {
-    /// The frame's bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        encode(self)
-    }
-    /// Decodes a frame, all of `bytes`.
-    pub fn decode(bytes: &[u8]) -> Result<MetaRequest, FrameError> {
-        decode(bytes)
-    }
+/// Gives a frame type its encoder and its decoder.
+macro_rules! frame {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// The frame's bytes.
+            pub fn encode(&self) -> Vec<u8> {
+                encode(self)
+            }
+            /// Decodes a frame, all of `bytes`.
+            pub fn decode(bytes: &[u8]) -> Result<$t, FrameError> {
+                decode(bytes)
+            }
+        }
+    )*};
 }
 
-impl MetaResponse {
-    /// The frame's bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        encode(self)
-    }
-    /// Decodes a frame, all of `bytes`.
-    pub fn decode(bytes: &[u8]) -> Result<MetaResponse, FrameError> {
-        decode(bytes)
-    }
-}
+frame!(MetaRequest, MetaResponse, RecallRequest, RecallDone);
 
 #[cfg(test)]
 mod tests {
@@ -230,6 +262,28 @@ mod tests {
             let e = MetaRequest::decode(&longer).unwrap_err();
             assert!(e.to_string().contains("left over"), "{e}");
         }
+    }
+
+    #[test]
+    fn recall_frames_round_trip_and_refuse_truncation() {
+        let r = RecallRequest {
+            epoch: 7,
+            keys: vec![LeaseKey::Attr(1), LeaseKey::Entry(1, b"name".to_vec())],
+            all: false,
+        };
+        let b = r.encode();
+        assert_eq!(RecallRequest::decode(&b).unwrap(), r);
+        for n in 0..b.len() {
+            assert!(RecallRequest::decode(&b[..n]).is_err(), "cut at {n}");
+        }
+        let d = RecallDone { epoch: 7 };
+        assert_eq!(RecallDone::decode(&d.encode()).unwrap(), d);
+        assert!(RecallDone::decode(&[]).is_err());
+        let leased = MetaResponse {
+            id: 3,
+            outcome: Outcome::Leased(MetaReply::Done),
+        };
+        assert_eq!(MetaResponse::decode(&leased.encode()).unwrap(), leased);
     }
 
     #[test]

@@ -1,0 +1,319 @@
+//! A node's side of metadata leases: the directory entries and attributes it keeps
+//! while it holds leases on them, and the kernel's attribute cache, which it lets
+//! keep attributes for as long.
+//!
+//! - Entries and attributes live here, in the daemon: a lookup under lease never
+//!   leaves the node (the kernel still asks, entry timeout 0, and gets its answer from
+//!   this cache). Dropping an entry from the kernel would take the directory's lock,
+//!   which an operation of this node in that directory may hold while it waits for
+//!   the coordinator, which waits for this recall: a cycle; dropping it from here
+//!   takes nothing.
+//! - The kernel keeps attributes (attribute timeout: what is left of the lease), and
+//!   a recall invalidates them with a FUSE notice that takes no lock. The kernel trusts
+//!   a file's cached pages only while it trusts its attributes (FUSE_AUTO_INVAL_DATA:
+//!   a read with stale attributes fetches them and drops the pages if the file
+//!   changed).
+//! - An answer is kept for what is left of its lease since the request was sent (the
+//!   coordinator counts from later, so this node stops first), and only when no
+//!   recall or change of this node came while the request was out: one could have
+//!   overtaken the answer it makes stale. Recalls bump a counter first, then drop.
+//! - A node that may have lost touch with the coordinator (its lock manager lease ran
+//!   out, or the coordinator or epoch changed) drops everything: the coordinator no
+//!   longer waits for it.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fuser::{INodeNo, Notifier};
+use metadata::Inode;
+use parking_lot::Mutex;
+
+use super::wire::LeaseKey;
+use crate::meta::{MetaCall, MetaReply};
+
+thread_local! {
+    /// When the leases of the operation this thread runs end: `None` before its
+    /// first call; now, when a call came back without a lease.
+    static LEASE_END: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The start of one operation whose answer the kernel may cache.
+pub struct Ticket {
+    recalls: u64,
+}
+
+/// What this node keeps of one shared volume under leases.
+pub struct LeaseCache {
+    lease: Duration,
+    recalls: AtomicU64,
+    notifier: OnceLock<Notifier>,
+    inner: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    entries: HashMap<(u64, Vec<u8>), (u64, Instant)>,
+    attrs: HashMap<u64, (Inode, Instant)>,
+    /// Inodes whose attributes the kernel may hold, and until when.
+    kernel: HashMap<u64, Instant>,
+    next_prune: Option<Instant>,
+}
+
+impl LeaseCache {
+    /// A cache of leases that last `lease` from the request.
+    pub fn new(lease: Duration) -> LeaseCache {
+        LeaseCache {
+            lease,
+            recalls: AtomicU64::new(0),
+            notifier: OnceLock::new(),
+            inner: Mutex::new(Kept::default()),
+        }
+    }
+
+    /// The mount's channel to its kernel, once mounted.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// The recall counter now: take it before a call whose answer may be kept.
+    pub fn generation(&self) -> u64 {
+        self.recalls.load(Ordering::SeqCst)
+    }
+
+    /// Marks the start of an operation on this thread (before its first call).
+    pub fn begin(&self) -> Ticket {
+        LEASE_END.set(None);
+        Ticket {
+            recalls: self.generation(),
+        }
+    }
+
+    /// Notes that a call of this thread's operation holds leases until `until`.
+    pub fn note_lease(until: Instant) {
+        LEASE_END.set(Some(LEASE_END.get().map_or(until, |u| u.min(until))));
+    }
+
+    /// Notes that a call of this thread's operation got no lease.
+    pub fn note_unleased() {
+        LEASE_END.set(Some(Instant::now()));
+    }
+
+    /// How long the kernel may keep the attributes of `ino` that the operation `t`
+    /// began answers with; recorded, so that a recall can reach them.
+    pub fn attr_ttl(&self, t: &Ticket, ino: u64) -> Duration {
+        let Some(end) = LEASE_END.get() else {
+            return Duration::ZERO;
+        };
+        if self.generation() != t.recalls {
+            return Duration::ZERO;
+        }
+        let ttl = end.saturating_duration_since(Instant::now());
+        if !ttl.is_zero() {
+            let mut k = self.inner.lock();
+            let until = k.kernel.entry(ino).or_insert(end);
+            *until = (*until).max(end);
+        }
+        ttl
+    }
+
+    /// A name under lease: its inode, attributes, and the end of the leases.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<(u64, Inode, Instant)> {
+        let now = Instant::now();
+        let k = self.inner.lock();
+        let &(ino, e_until) = k.entries.get(&(parent, name.to_vec()))?;
+        let &(inode, a_until) = k.attrs.get(&ino)?;
+        let until = e_until.min(a_until);
+        (until > now).then_some((ino, inode, until))
+    }
+
+    /// Attributes under lease, and the end of the lease.
+    pub fn inode(&self, ino: u64) -> Option<(Inode, Instant)> {
+        let k = self.inner.lock();
+        let &(inode, until) = k.attrs.get(&ino)?;
+        (until > Instant::now()).then_some((inode, until))
+    }
+
+    /// Keeps what the answer to `call`, sent at `sent` when the recall counter was
+    /// `generation`, holds under lease; returns the end of the lease, or `None` when
+    /// a recall or change came meanwhile (nothing kept).
+    pub fn keep(
+        &self,
+        generation: u64,
+        sent: Instant,
+        call: &MetaCall,
+        reply: &MetaReply,
+    ) -> Option<Instant> {
+        let until = sent + self.lease - self.lease / 10;
+        let mut k = self.inner.lock();
+        // Under the lock: a recall bumps the counter before it takes the lock.
+        if self.generation() != generation {
+            return None;
+        }
+        let inode = match reply {
+            MetaReply::Entry(_, i) | MetaReply::Inode(i) => *i,
+            _ => return Some(until),
+        };
+        for key in super::leases::granted_by(call, reply) {
+            match key {
+                LeaseKey::Attr(ino) => {
+                    k.attrs.insert(ino, (inode, until));
+                }
+                LeaseKey::Entry(parent, name) => {
+                    let ino = match reply {
+                        MetaReply::Entry(ino, _) => *ino,
+                        _ => match call {
+                            MetaCall::Link { ino, .. } => *ino,
+                            _ => continue,
+                        },
+                    };
+                    k.entries.insert((parent, name), (ino, until));
+                }
+            }
+        }
+        let now = Instant::now();
+        if k.next_prune.is_none_or(|p| now >= p) {
+            k.entries.retain(|_, (_, u)| *u > now);
+            k.attrs.retain(|_, (_, u)| *u > now);
+            k.kernel.retain(|_, u| *u > now);
+            k.next_prune = Some(now + self.lease);
+        }
+        Some(until)
+    }
+
+    /// Drops `keys`, which a change of this node made stale; returns the recall
+    /// counter after it when it was `generation` before (no recall came while the
+    /// change was out, so its own answer may be kept).
+    pub fn changed_here(&self, generation: u64, keys: &[LeaseKey]) -> Option<u64> {
+        let before = self.recalls.fetch_add(1, Ordering::SeqCst);
+        self.forget(keys);
+        (before == generation).then_some(before + 1)
+    }
+
+    /// Drops `keys`: from here, and attributes from the kernel.
+    pub fn drop_keys(&self, keys: &[LeaseKey]) {
+        self.recalls.fetch_add(1, Ordering::SeqCst);
+        self.forget(keys);
+    }
+
+    fn forget(&self, keys: &[LeaseKey]) {
+        let mut in_kernel = Vec::new();
+        {
+            let mut k = self.inner.lock();
+            for key in keys {
+                match key {
+                    LeaseKey::Attr(ino) => {
+                        k.attrs.remove(ino);
+                        if k.kernel.remove(ino).is_some() {
+                            in_kernel.push(*ino);
+                        }
+                    }
+                    LeaseKey::Entry(parent, name) => {
+                        k.entries.remove(&(*parent, name.clone()));
+                    }
+                }
+            }
+        }
+        self.invalidate(&in_kernel);
+    }
+
+    /// Drops everything kept.
+    pub fn drop_all(&self) {
+        self.recalls.fetch_add(1, Ordering::SeqCst);
+        let in_kernel: Vec<u64> = {
+            let mut k = self.inner.lock();
+            k.entries.clear();
+            k.attrs.clear();
+            k.kernel.drain().map(|(ino, _)| ino).collect()
+        };
+        self.invalidate(&in_kernel);
+    }
+
+    /// Tells the kernel to stop trusting the attributes of `inos` (offset -1: the
+    /// notice takes no lock and leaves the pages to FUSE_AUTO_INVAL_DATA).
+    fn invalidate(&self, inos: &[u64]) {
+        let Some(n) = self.notifier.get() else {
+            return;
+        };
+        for &ino in inos {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+                && e.raw_os_error() != Some(libc::ENOENT)
+            {
+                tracing::debug!(ino, error = %e, "kernel attribute invalidation");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(parent: u64, name: &[u8]) -> MetaCall {
+        MetaCall::Lookup {
+            parent,
+            name: name.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_kept_answer_serves_lookups_until_dropped() {
+        let c = LeaseCache::new(Duration::from_secs(10));
+        let inode = Inode {
+            size: 5,
+            ..Inode::default()
+        };
+        let g = c.generation();
+        let until = c
+            .keep(
+                g,
+                Instant::now(),
+                &lookup(1, b"a"),
+                &MetaReply::Entry(7, inode),
+            )
+            .expect("kept");
+        assert!(until > Instant::now() + Duration::from_secs(8));
+        assert_eq!(c.lookup(1, b"a").map(|(i, n, _)| (i, n.size)), Some((7, 5)));
+        assert_eq!(c.inode(7).map(|(n, _)| n.size), Some(5));
+        c.drop_keys(&[LeaseKey::Attr(7)]);
+        assert!(c.lookup(1, b"a").is_none(), "the entry without attributes");
+        assert!(c.inode(7).is_none());
+    }
+
+    #[test]
+    fn an_answer_overtaken_by_a_recall_is_not_kept() {
+        let c = LeaseCache::new(Duration::from_secs(10));
+        let g = c.generation();
+        c.drop_keys(&[LeaseKey::Entry(1, b"a".to_vec())]);
+        let kept = c.keep(
+            g,
+            Instant::now(),
+            &lookup(1, b"a"),
+            &MetaReply::Entry(7, Inode::default()),
+        );
+        assert!(kept.is_none());
+        assert!(c.lookup(1, b"a").is_none());
+    }
+
+    #[test]
+    fn the_kernel_caches_for_what_is_left_of_the_operations_leases() {
+        let c = LeaseCache::new(Duration::from_secs(10));
+        let t = c.begin();
+        assert_eq!(c.attr_ttl(&t, 7), Duration::ZERO, "no call, no lease");
+        LeaseCache::note_lease(Instant::now() + Duration::from_secs(5));
+        LeaseCache::note_lease(Instant::now() + Duration::from_secs(3));
+        let ttl = c.attr_ttl(&t, 7);
+        assert!(
+            ttl <= Duration::from_secs(3) && ttl > Duration::from_secs(2),
+            "{ttl:?}"
+        );
+        LeaseCache::note_unleased();
+        assert_eq!(c.attr_ttl(&t, 7), Duration::ZERO);
+        let t = c.begin();
+        LeaseCache::note_lease(Instant::now() + Duration::from_secs(5));
+        c.drop_all();
+        assert_eq!(c.attr_ttl(&t, 7), Duration::ZERO, "a recall came meanwhile");
+    }
+}

@@ -1,0 +1,169 @@
+//! Recalling metadata leases: the coordinator's side (before it answers a change, it
+//! asks every other holder of a lease the change makes stale to drop it; before it
+//! serves at all, it asks every node to drop everything) and the holder's side (drop
+//! it, then say so).
+//!
+//! A holder that does not answer is asked again until it does, its lease runs out, or
+//! [`Recaller::give_up`] has passed: by then a holder that lost touch with the
+//! coordinator has dropped everything on its own, since its lock manager lease ran
+//! out ([`super::lease_cache`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockmgr::shell::Shell;
+use lockmgr::transport::FramedStream;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::lease_cache::LeaseCache;
+use super::leases::Recall;
+use super::stream_pool::StreamPool;
+use super::wire::{MAX_FRAME, RECALL_SERVICE, RecallDone, RecallRequest};
+
+/// How long after a failed recall a holder is asked again.
+const AGAIN: Duration = Duration::from_millis(50);
+
+/// How long a new coordinator waits for each node to drop everything.
+const TAKEOVER_WAIT: Duration = Duration::from_millis(300);
+
+/// Both sides of lease recalls for one volume of this node.
+pub struct Recaller {
+    label: String,
+    me: u8,
+    shell: Arc<Shell>,
+    /// What this node keeps of the volume.
+    pub cache: Arc<LeaseCache>,
+    pool: StreamPool,
+    give_up: Duration,
+}
+
+impl Recaller {
+    /// Recalls for volume `label` of node `me`; a holder that does not answer is
+    /// waited for `give_up` at most (more than a lock manager lease).
+    pub fn new(
+        shell: Arc<Shell>,
+        label: &str,
+        cache: Arc<LeaseCache>,
+        give_up: Duration,
+    ) -> Recaller {
+        Recaller {
+            label: label.to_string(),
+            me: shell.id(),
+            shell,
+            cache,
+            pool: StreamPool::new(label, RECALL_SERVICE),
+            give_up,
+        }
+    }
+
+    /// Recalls every lease of `recalls` at once; returns when each holder has dropped
+    /// them, or its lease has run out, or it was given up.
+    pub async fn recall_all(self: &Arc<Self>, epoch: u64, recalls: Vec<Recall>) {
+        let mut set = tokio::task::JoinSet::new();
+        for r in recalls {
+            let me = self.clone();
+            let until = Instant::from_std(r.until).min(Instant::now() + self.give_up);
+            let req = RecallRequest {
+                epoch,
+                keys: r.keys,
+                all: false,
+            };
+            set.spawn(async move { me.recall_from(r.node, req, until, true).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Has every node drop everything it keeps (a new coordinator does this before it
+    /// serves), waiting [`TAKEOVER_WAIT`] at most for each. Each node also drops
+    /// everything by itself when it sees the epoch change, which it does before the
+    /// takeover ends (it reports its locks to the new coordinator, or is fenced); and
+    /// a node that cannot be reached is dead, or cut off and dropped everything when
+    /// its lock manager lease ran out.
+    pub async fn recall_everything(self: &Arc<Self>, epoch: u64) {
+        let mut set = tokio::task::JoinSet::new();
+        for node in self.shell.peer_ids().into_iter().chain([self.me]) {
+            let me = self.clone();
+            let req = RecallRequest {
+                epoch,
+                keys: Vec::new(),
+                all: true,
+            };
+            let until = Instant::now() + TAKEOVER_WAIT;
+            set.spawn(async move { me.recall_from(node, req, until, false).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    async fn recall_from(&self, node: u8, req: RecallRequest, until: Instant, again: bool) {
+        if node == self.me {
+            let cache = self.cache.clone();
+            let _ = tokio::task::spawn_blocking(move || apply(&cache, &req)).await;
+            return;
+        }
+        loop {
+            let e = match tokio::time::timeout_at(until, self.exchange(node, &req)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(_) => "no answer".to_string(),
+            };
+            if !again {
+                debug!(volume = self.label, node, error = %e, "recall not answered; going on");
+                return;
+            }
+            if Instant::now() + AGAIN >= until {
+                debug!(volume = self.label, node, error = %e, "recall not answered until the lease ran out");
+                tokio::time::sleep_until(until).await;
+                return;
+            }
+            tokio::time::sleep(AGAIN).await;
+        }
+    }
+
+    async fn exchange(&self, to: u8, req: &RecallRequest) -> Result<(), String> {
+        let mut stream = self.pool.take(&self.shell, to).await?;
+        stream
+            .send(&req.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = stream
+            .recv()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the holder closed the stream without an answer")?;
+        RecallDone::decode(&bytes).map_err(|e| e.to_string())?;
+        self.pool.put(to, stream);
+        Ok(())
+    }
+
+    /// Serves the recalls a coordinator sends on `stream`, one after the other.
+    pub async fn serve(self: Arc<Self>, from: u8, mut stream: FramedStream) {
+        stream.set_max_frame_len(MAX_FRAME);
+        while let Ok(Some(bytes)) = stream.recv().await {
+            let req = match RecallRequest::decode(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(volume = self.label, from, error = %e, "refusing a recall; closing its stream");
+                    return;
+                }
+            };
+            let epoch = req.epoch;
+            let cache = self.cache.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || apply(&cache, &req)).await {
+                warn!(volume = self.label, error = %e, "recall task failed");
+                return;
+            }
+            if stream.send(&RecallDone { epoch }.encode()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn apply(cache: &LeaseCache, req: &RecallRequest) {
+    if req.all {
+        cache.drop_all();
+    } else {
+        cache.drop_keys(&req.keys);
+    }
+}
