@@ -15,8 +15,17 @@
 //!   changed).
 //! - An answer is kept for what is left of its lease since the request was sent (the
 //!   coordinator counts from later, so this node stops first), and only when no
-//!   recall or change of this node came while the request was out: one could have
-//!   overtaken the answer it makes stale. Recalls bump a counter first, then drop.
+//!   recall or change of this node to the same keys came while the request was out
+//!   ([`ChangeCounters`]): one could have overtaken the answer it makes stale.
+//!   Recalls count themselves first, then drop.
+//! - Layouts (the extents of a file range) are kept too, under the file's attribute
+//!   lease (every change of extents changes the attributes, so it recalls them), but
+//!   only for a fifth of the time a layout may be used after asking for it: the data
+//!   path counts its own limit from the moment it took the layout from here, and both
+//!   together must end before the coordinator's hold of freed blocks, which counts a
+//!   layout lease and the drain interval from its answer (`metadata::free_hold`).
+//!   Layouts are asked for [`LAYOUT_AHEAD`] blocks at a time, so sequential I/O asks
+//!   once per 16 MiB.
 //! - A node that may have lost touch with the coordinator (its lock manager lease ran
 //!   out, or the coordinator or epoch changed) drops everything: the coordinator no
 //!   longer waits for it.
@@ -24,15 +33,18 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fuser::{INodeNo, Notifier};
-use metadata::Inode;
+use metadata::{Extent, Inode};
 use parking_lot::Mutex;
 
+use super::change_counters::{ChangeCounters, Snapshot};
 use super::wire::LeaseKey;
 use crate::meta::{MetaCall, MetaReply};
+
+/// How many blocks a layout is asked for at least (16 MiB).
+pub const LAYOUT_AHEAD: u64 = 4096;
 
 thread_local! {
     /// When the leases of the operation this thread runs end: `None` before its
@@ -42,13 +54,14 @@ thread_local! {
 
 /// The start of one operation whose answer the kernel may cache.
 pub struct Ticket {
-    recalls: u64,
+    before: Snapshot,
 }
 
 /// What this node keeps of one shared volume under leases.
 pub struct LeaseCache {
     lease: Duration,
-    recalls: AtomicU64,
+    layout_reuse: Duration,
+    changes: ChangeCounters,
     notifier: OnceLock<Notifier>,
     inner: Mutex<Kept>,
 }
@@ -57,17 +70,21 @@ pub struct LeaseCache {
 struct Kept {
     entries: HashMap<(u64, Vec<u8>), (u64, Instant)>,
     attrs: HashMap<u64, (Inode, Instant)>,
+    /// A layout per inode: blocks from, to, the extents, until when.
+    layouts: HashMap<u64, (u64, u64, Vec<Extent>, Instant)>,
     /// Inodes whose attributes the kernel may hold, and until when.
     kernel: HashMap<u64, Instant>,
     next_prune: Option<Instant>,
 }
 
 impl LeaseCache {
-    /// A cache of leases that last `lease` from the request.
-    pub fn new(lease: Duration) -> LeaseCache {
+    /// A cache of leases that last `lease` from the request, on a volume whose
+    /// layouts may be used for `layout_use` after asking for them.
+    pub fn new(lease: Duration, layout_use: Duration) -> LeaseCache {
         LeaseCache {
             lease,
-            recalls: AtomicU64::new(0),
+            layout_reuse: layout_use / 5,
+            changes: ChangeCounters::default(),
             notifier: OnceLock::new(),
             inner: Mutex::new(Kept::default()),
         }
@@ -78,16 +95,16 @@ impl LeaseCache {
         let _ = self.notifier.set(notifier);
     }
 
-    /// The recall counter now: take it before a call whose answer may be kept.
-    pub fn generation(&self) -> u64 {
-        self.recalls.load(Ordering::SeqCst)
+    /// The change counters now: take them before a call whose answer may be kept.
+    pub fn snapshot(&self) -> Snapshot {
+        self.changes.snapshot()
     }
 
     /// Marks the start of an operation on this thread (before its first call).
     pub fn begin(&self) -> Ticket {
         LEASE_END.set(None);
         Ticket {
-            recalls: self.generation(),
+            before: self.snapshot(),
         }
     }
 
@@ -107,7 +124,7 @@ impl LeaseCache {
         let Some(end) = LEASE_END.get() else {
             return Duration::ZERO;
         };
-        if self.generation() != t.recalls {
+        if !self.changes.unchanged(&t.before, &LeaseKey::Attr(ino)) {
             return Duration::ZERO;
         }
         let ttl = end.saturating_duration_since(Instant::now());
@@ -136,27 +153,54 @@ impl LeaseCache {
         (until > Instant::now()).then_some((inode, until))
     }
 
-    /// Keeps what the answer to `call`, sent at `sent` when the recall counter was
-    /// `generation`, holds under lease; returns the end of the lease, or `None` when
-    /// a recall or change came meanwhile (nothing kept).
+    /// A layout under lease that covers blocks `[from, to)`, with the attributes, and
+    /// the end of its reuse.
+    pub fn layout(&self, ino: u64, from: u64, to: u64) -> Option<(Inode, Vec<Extent>, Instant)> {
+        let now = Instant::now();
+        let k = self.inner.lock();
+        let (l_from, l_to, extents, l_until) = k.layouts.get(&ino)?;
+        let &(inode, a_until) = k.attrs.get(&ino)?;
+        let until = (*l_until).min(a_until);
+        if *l_from > from || *l_to < to || until <= now {
+            return None;
+        }
+        let within = extents
+            .iter()
+            .filter(|e| e.logical < to && e.logical_end() > from)
+            .copied()
+            .collect();
+        Some((inode, within, until))
+    }
+
+    /// Keeps what the answer to `call`, sent at `sent` when the change counters were
+    /// `before`, holds under lease; returns the end of the lease, or `None` when a
+    /// recall or change of its keys came meanwhile (nothing kept).
     pub fn keep(
         &self,
-        generation: u64,
+        before: &Snapshot,
         sent: Instant,
         call: &MetaCall,
         reply: &MetaReply,
     ) -> Option<Instant> {
         let until = sent + self.lease - self.lease / 10;
+        let granted = super::leases::granted_by(call, reply);
         let mut k = self.inner.lock();
-        // Under the lock: a recall bumps the counter before it takes the lock.
-        if self.generation() != generation {
+        // Under the lock: a recall counts itself before it takes the lock to drop.
+        if !granted
+            .iter()
+            .all(|key| self.changes.unchanged(before, key))
+        {
             return None;
         }
         let inode = match reply {
-            MetaReply::Entry(_, i) | MetaReply::Inode(i) => *i,
+            MetaReply::Entry(_, i) | MetaReply::Inode(i) | MetaReply::Layout(i, _) => *i,
             _ => return Some(until),
         };
-        for key in super::leases::granted_by(call, reply) {
+        if let (MetaCall::Layout { ino, from, to }, MetaReply::Layout(_, extents)) = (call, reply) {
+            let reuse = until.min(sent + self.layout_reuse);
+            k.layouts.insert(*ino, (*from, *to, extents.clone(), reuse));
+        }
+        for key in granted {
             match key {
                 LeaseKey::Attr(ino) => {
                     k.attrs.insert(ino, (inode, until));
@@ -177,24 +221,28 @@ impl LeaseCache {
         if k.next_prune.is_none_or(|p| now >= p) {
             k.entries.retain(|_, (_, u)| *u > now);
             k.attrs.retain(|_, (_, u)| *u > now);
+            k.layouts.retain(|_, (_, _, _, u)| *u > now);
             k.kernel.retain(|_, u| *u > now);
             k.next_prune = Some(now + self.lease);
         }
         Some(until)
     }
 
-    /// Drops `keys`, which a change of this node made stale; returns the recall
-    /// counter after it when it was `generation` before (no recall came while the
-    /// change was out, so its own answer may be kept).
-    pub fn changed_here(&self, generation: u64, keys: &[LeaseKey]) -> Option<u64> {
-        let before = self.recalls.fetch_add(1, Ordering::SeqCst);
+    /// Drops `keys`, which a change of this node made stale; `before` (taken before
+    /// the change was sent) follows where nothing else changed meanwhile, so that
+    /// the change's own answer may still be kept.
+    pub fn changed_here(&self, before: &mut Snapshot, keys: &[LeaseKey]) {
+        for key in keys {
+            self.changes.bump_own(before, key);
+        }
         self.forget(keys);
-        (before == generation).then_some(before + 1)
     }
 
     /// Drops `keys`: from here, and attributes from the kernel.
     pub fn drop_keys(&self, keys: &[LeaseKey]) {
-        self.recalls.fetch_add(1, Ordering::SeqCst);
+        for key in keys {
+            self.changes.bump(key);
+        }
         self.forget(keys);
     }
 
@@ -206,6 +254,7 @@ impl LeaseCache {
                 match key {
                     LeaseKey::Attr(ino) => {
                         k.attrs.remove(ino);
+                        k.layouts.remove(ino);
                         if k.kernel.remove(ino).is_some() {
                             in_kernel.push(*ino);
                         }
@@ -221,11 +270,12 @@ impl LeaseCache {
 
     /// Drops everything kept.
     pub fn drop_all(&self) {
-        self.recalls.fetch_add(1, Ordering::SeqCst);
+        self.changes.bump_all();
         let in_kernel: Vec<u64> = {
             let mut k = self.inner.lock();
             k.entries.clear();
             k.attrs.clear();
+            k.layouts.clear();
             k.kernel.drain().map(|(ino, _)| ino).collect()
         };
         self.invalidate(&in_kernel);
@@ -260,15 +310,15 @@ mod tests {
 
     #[test]
     fn a_kept_answer_serves_lookups_until_dropped() {
-        let c = LeaseCache::new(Duration::from_secs(10));
+        let c = LeaseCache::new(Duration::from_secs(10), Duration::from_secs(10));
         let inode = Inode {
             size: 5,
             ..Inode::default()
         };
-        let g = c.generation();
+        let g = c.snapshot();
         let until = c
             .keep(
-                g,
+                &g,
                 Instant::now(),
                 &lookup(1, b"a"),
                 &MetaReply::Entry(7, inode),
@@ -284,11 +334,11 @@ mod tests {
 
     #[test]
     fn an_answer_overtaken_by_a_recall_is_not_kept() {
-        let c = LeaseCache::new(Duration::from_secs(10));
-        let g = c.generation();
+        let c = LeaseCache::new(Duration::from_secs(10), Duration::from_secs(10));
+        let g = c.snapshot();
         c.drop_keys(&[LeaseKey::Entry(1, b"a".to_vec())]);
         let kept = c.keep(
-            g,
+            &g,
             Instant::now(),
             &lookup(1, b"a"),
             &MetaReply::Entry(7, Inode::default()),
@@ -299,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_kernel_caches_for_what_is_left_of_the_operations_leases() {
-        let c = LeaseCache::new(Duration::from_secs(10));
+        let c = LeaseCache::new(Duration::from_secs(10), Duration::from_secs(10));
         let t = c.begin();
         assert_eq!(c.attr_ttl(&t, 7), Duration::ZERO, "no call, no lease");
         LeaseCache::note_lease(Instant::now() + Duration::from_secs(5));
@@ -315,5 +365,34 @@ mod tests {
         LeaseCache::note_lease(Instant::now() + Duration::from_secs(5));
         c.drop_all();
         assert_eq!(c.attr_ttl(&t, 7), Duration::ZERO, "a recall came meanwhile");
+    }
+
+    #[test]
+    fn a_layout_is_reused_briefly_and_goes_with_the_attributes() {
+        let c = LeaseCache::new(Duration::from_secs(10), Duration::from_millis(500));
+        let e = |logical, len| Extent {
+            logical,
+            physical: 1000 + logical,
+            len,
+            unwritten: false,
+        };
+        let call = MetaCall::Layout {
+            ino: 7,
+            from: 0,
+            to: LAYOUT_AHEAD,
+        };
+        let reply = MetaReply::Layout(Inode::default(), vec![e(0, 10), e(300, 10)]);
+        c.keep(&c.snapshot(), Instant::now(), &call, &reply)
+            .expect("kept");
+        let (_, within, until) = c.layout(7, 0, 256).expect("covered");
+        assert_eq!(within, vec![e(0, 10)]);
+        assert!(until <= Instant::now() + Duration::from_millis(100));
+        assert!(c.layout(7, 0, LAYOUT_AHEAD + 1).is_none(), "not covered");
+        c.drop_keys(&[LeaseKey::Attr(7)]);
+        assert!(c.layout(7, 0, 256).is_none(), "recalled");
+        c.keep(&c.snapshot(), Instant::now(), &call, &reply)
+            .expect("kept");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(c.layout(7, 0, 256).is_none(), "past its reuse");
     }
 }

@@ -9,27 +9,21 @@
 //! out: the holder's kernel stops trusting the cache by then on its own.
 //!
 //! A read that ran while a change to the same things was being recalled must not leave
-//! a lease behind that the recall missed: each key falls into a bucket whose counter
-//! every change bumps, and a grant is refused when a bucket of its keys moved between
-//! the start of the read and the grant.
+//! a lease behind that the recall missed: a change counts itself in the
+//! [`ChangeCounters`] when it scans for holders, and a grant is refused when a counter
+//! of its keys moved between the start of the read and the grant.
 //!
 //! A new coordinator starts with an empty table and, before it serves, has every node
 //! drop everything it keeps ([`super::recall`]).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::change_counters::{ChangeCounters, Snapshot};
 use super::wire::LeaseKey;
 use crate::meta::{MetaCall, MetaReply};
-
-/// Counters a change bumps, by hash of its keys.
-const BUCKETS: usize = 256;
-
-/// A moment of the change counters, taken before a read.
-pub struct Snapshot(Box<[u64; BUCKETS]>);
 
 /// Leases to recall from one node before a change is answered.
 #[derive(Debug, PartialEq)]
@@ -46,12 +40,11 @@ pub struct Recall {
 pub struct LeaseTable {
     lease: Duration,
     inner: Mutex<Inner>,
-    hasher: std::collections::hash_map::RandomState,
+    changes: ChangeCounters,
 }
 
 struct Inner {
     holders: HashMap<LeaseKey, Vec<(u8, Instant)>>,
-    changes: Box<[u64; BUCKETS]>,
     next_prune: Instant,
 }
 
@@ -62,16 +55,10 @@ impl LeaseTable {
             lease,
             inner: Mutex::new(Inner {
                 holders: HashMap::new(),
-                changes: Box::new([0; BUCKETS]),
                 next_prune: Instant::now() + lease,
             }),
-            hasher: Default::default(),
+            changes: ChangeCounters::default(),
         }
-    }
-
-    /// How long a lease lasts.
-    pub fn lease(&self) -> Duration {
-        self.lease
     }
 
     /// Forgets every lease (a new term as coordinator).
@@ -79,24 +66,20 @@ impl LeaseTable {
         self.inner.lock().holders.clear();
     }
 
-    fn bucket(&self, key: &LeaseKey) -> usize {
-        (self.hasher.hash_one(key) % BUCKETS as u64) as usize
-    }
-
     /// The change counters now: take before a read whose answer may grant leases.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot(self.inner.lock().changes.clone())
+        self.changes.snapshot()
     }
 
     /// Grants `node` leases on `keys` for the answer of a read that started at
     /// `before`; false (no lease: the node must not cache the answer) when a change
     /// to any of them may have been recalled meanwhile.
     pub fn grant(&self, node: u8, before: &Snapshot, keys: Vec<LeaseKey>) -> bool {
-        let buckets: Vec<usize> = keys.iter().map(|k| self.bucket(k)).collect();
         let now = Instant::now();
         let until = now + self.lease;
+        // Under the lock: a change counts itself under it too, before its scan.
         let mut g = self.inner.lock();
-        if buckets.iter().any(|&b| g.changes[b] != before.0[b]) {
+        if !keys.iter().all(|k| self.changes.unchanged(before, k)) {
             return false;
         }
         for key in keys {
@@ -124,8 +107,7 @@ impl LeaseTable {
         let mut out: Vec<Recall> = Vec::new();
         let mut g = self.inner.lock();
         for key in keys {
-            let b = self.bucket(key);
-            g.changes[b] = g.changes[b].wrapping_add(1);
+            self.changes.bump(key);
             let Some(holders) = g.holders.get_mut(key) else {
                 continue;
             };
@@ -167,6 +149,7 @@ pub fn granted_by(call: &MetaCall, reply: &MetaReply) -> Vec<LeaseKey> {
             },
             MetaReply::Inode(_),
         ) => vec![LeaseKey::Entry(*parent, name.clone()), LeaseKey::Attr(*ino)],
+        (MetaCall::Layout { ino, .. }, MetaReply::Layout(..)) => vec![LeaseKey::Attr(*ino)],
         (MetaCall::Inode { ino }, MetaReply::Inode(_))
         | (MetaCall::SetAttr { ino, .. }, MetaReply::Inode(_))
         | (MetaCall::Truncate { ino, .. }, MetaReply::Inode(_)) => vec![LeaseKey::Attr(*ino)],

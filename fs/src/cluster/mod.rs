@@ -3,6 +3,7 @@
 //! coordinator role as the lock manager hands it around; the metadata leases under
 //! which the nodes' kernels cache attributes and entries.
 
+pub mod change_counters;
 pub mod lease_cache;
 pub mod leases;
 pub mod mount;

@@ -34,7 +34,7 @@ use parking_lot::RwLock;
 use redirect_io::PathMonitor;
 use tracing::{info, warn};
 
-use super::lease_cache::LeaseCache;
+use super::lease_cache::{LAYOUT_AHEAD, LeaseCache};
 use super::leases::{self, LeaseTable, Recall};
 use super::recall::Recaller;
 use super::stream_pool::StreamPool;
@@ -114,7 +114,10 @@ impl ClusterVolume {
             .volume(label)
             .ok_or_else(|| anyhow::anyhow!("volume {label} has no lock manager"))?
             .clone();
-        let cache = Arc::new(LeaseCache::new(METADATA_LEASE));
+        let cache = Arc::new(LeaseCache::new(
+            METADATA_LEASE,
+            Duration::from_millis(timing.lease),
+        ));
         // A holder that cut off drops what it keeps when its lock manager lease
         // runs out: a lease after its last renewal, which is before the recall.
         let give_up = Duration::from_millis(2 * timing.lease + timing.heartbeat);
@@ -463,6 +466,9 @@ impl ClusterVolume {
             MetaCall::Inode { ino } => cache
                 .inode(*ino)
                 .map(|(inode, until)| (MetaReply::Inode(inode), until))?,
+            MetaCall::Layout { ino, from, to } => cache
+                .layout(*ino, *from, *to)
+                .map(|(inode, extents, until)| (MetaReply::Layout(inode, extents), until))?,
             _ => return None,
         };
         self.counters.cached_calls.fetch_add(1, Ordering::Relaxed);
@@ -555,25 +561,34 @@ impl MetaService for ClusterVolume {
         if let Some(reply) = self.kept_answer(&call) {
             return Ok(reply);
         }
-        let generation = cache.generation();
+        let mut before = cache.snapshot();
         let sent = Instant::now();
         let moved: Vec<u64> = leases::moves(&call)
             .into_iter()
             .filter_map(|(parent, name)| cache.lookup(parent, name).map(|(ino, _, _)| ino))
             .collect();
-        let (reply, leased) = self.call_coordinator(call.clone())?;
-        // This node's own change: what it kept of the things changed goes (the
-        // coordinator recalls only the other nodes).
-        let generation = if call.changes() {
-            cache.changed_here(generation, &leases::changed_by(&call, &reply, &moved))
-        } else {
-            Some(generation)
-        };
-        match generation.filter(|_| leased) {
-            Some(g) => match cache.keep(g, sent, &call, &reply) {
-                Some(until) => LeaseCache::note_lease(until),
-                None => LeaseCache::note_unleased(),
+        // A layout is asked for ahead, to be kept for the next I/O.
+        let call = match call {
+            MetaCall::Layout { ino, from, to } => MetaCall::Layout {
+                ino,
+                from,
+                to: to.max(from.saturating_add(LAYOUT_AHEAD)),
             },
+            call => call,
+        };
+        let (reply, leased) = self.call_coordinator(call.clone())?;
+        if call.changes() {
+            // This node's own change: what it kept of the things changed goes (the
+            // coordinator recalls only the other nodes).
+            cache.changed_here(&mut before, &leases::changed_by(&call, &reply, &moved));
+        }
+        let kept = if leased {
+            cache.keep(&before, sent, &call, &reply)
+        } else {
+            None
+        };
+        match kept {
+            Some(until) => LeaseCache::note_lease(until),
             None => LeaseCache::note_unleased(),
         }
         Ok(reply)
