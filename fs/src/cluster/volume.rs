@@ -275,6 +275,12 @@ impl ClusterVolume {
             let held = self.store.read().as_ref().map(|(e, _)| *e);
             if st.serving && held != Some(st.epoch) {
                 self.drop_store("a new epoch");
+                // Nobody may keep what an earlier coordinator leased: every node drops
+                // it while the store opens.
+                self.leases.clear();
+                let recaller = self.recaller.clone();
+                let epoch = st.epoch;
+                let dropped = tokio::spawn(async move { recaller.recall_everything(epoch).await });
                 let dev = self.dev.clone();
                 let opts = OpenOptions {
                     keep_orphans: true,
@@ -288,9 +294,7 @@ impl ClusterVolume {
                             epoch = st.epoch,
                             "serving the volume's metadata"
                         );
-                        // Nobody keeps what an earlier coordinator leased.
-                        self.leases.clear();
-                        self.recaller.recall_everything(st.epoch).await;
+                        let _ = dropped.await;
                         *self.store.write() = Some((st.epoch, Arc::new(vol)));
                     }
                     Ok(Err(e)) => {
