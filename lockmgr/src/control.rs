@@ -85,6 +85,14 @@ pub enum Request {
         /// How long to wait for each move.
         timeout_ms: u64,
     },
+    /// Evicts node `node` from the cluster on every volume: fenced, what it held freed,
+    /// refused from then on.
+    Evict {
+        /// The node id to evict.
+        node: u8,
+        /// How long to wait for every volume's coordinator to take it.
+        timeout_ms: u64,
+    },
     /// File system redirected mode of a volume on every node: on sends every I/O of
     /// the nodes through the coordinator, off returns them to direct I/O.
     Redirect {
@@ -252,6 +260,14 @@ pub enum Response {
         #[serde(default)]
         errors: Vec<String>,
     },
+    /// The volumes whose coordinator evicted the node.
+    Evicted {
+        /// Their labels.
+        volumes: Vec<String>,
+        /// Volumes where it could not be done, each with why.
+        #[serde(default)]
+        errors: Vec<String>,
+    },
     /// How each node took a change of redirected mode.
     Redirected {
         /// By node id: `None` if it took it, else why not.
@@ -262,6 +278,36 @@ pub enum Response {
         /// One line.
         message: String,
     },
+}
+
+/// Evicts `node` on one volume and waits up to `within` until this node knows the
+/// coordinator took it (it coordinates, or the coordinator told it).
+async fn evict_on(
+    v: &crate::shell::VolumeHandle,
+    node: u8,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut watch = v.watch();
+    loop {
+        v.evict(node).await?;
+        let asked = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < asked + Duration::from_secs(1) {
+            if watch.borrow_and_update().evicted.contains(&node) {
+                return Ok(());
+            }
+            if let Ok(Err(_)) =
+                tokio::time::timeout_at(asked + Duration::from_secs(1), watch.changed()).await
+            {
+                return Err("the volume's lock manager stopped".to_string());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the coordinator did not confirm the eviction of node {node} within {within:?}"
+            ));
+        }
+    }
 }
 
 /// The resource id of a resource name.
@@ -471,6 +517,20 @@ async fn answer(
             }
             Response::Moved { moves, errors }
         }
+        Request::Evict { node, timeout_ms } => {
+            let within = Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
+            let (mut volumes, mut errors) = (Vec::new(), Vec::new());
+            for st in shell.status() {
+                let Some(v) = shell.volume(&st.label) else {
+                    continue;
+                };
+                match evict_on(v, node, within).await {
+                    Ok(()) => volumes.push(st.label),
+                    Err(e) => errors.push(format!("volume {}: {e}", st.label)),
+                }
+            }
+            Response::Evicted { volumes, errors }
+        }
         Request::Redirect { volume, on } => {
             let Some(control) = shell.redirect_controls().get(&volume) else {
                 return no_volume(&volume);
@@ -639,6 +699,7 @@ mod tests {
                     ..IoReport::default()
                 }),
                 refused: vec![(2, 9), (3, u32::MAX)],
+                evicted: vec![3],
             }],
         });
         let line = serde_json::to_string(&status).unwrap();

@@ -337,6 +337,15 @@ fn encode_msg(w: &mut Vec<u8>, msg: &Msg) {
             w.push(16);
             u64s(w, &[*epoch]);
         }
+        Msg::Evict { epoch, node } => {
+            w.push(17);
+            u64s(w, &[*epoch]);
+            w.push(*node);
+        }
+        Msg::Evicted { epoch } => {
+            w.push(18);
+            u64s(w, &[*epoch]);
+        }
     }
 }
 
@@ -491,6 +500,11 @@ fn decode_msg(r: &mut Reader<'_>) -> Result<Msg, WireError> {
             port: r.port()?,
         },
         16 => Msg::Moved { epoch: epoch(r)? },
+        17 => Msg::Evict {
+            epoch: epoch(r)?,
+            node: r.u8("evicted node")?,
+        },
+        18 => Msg::Evicted { epoch: epoch(r)? },
         t => return Err(bad(format!("unknown message tag {t}"))),
     })
 }
@@ -713,6 +727,8 @@ mod tests {
                 port: "iqn.2026-11.io.csvfs:n2,i,0x800102030405".into(),
             }),
             v(Msg::Moved { epoch: 3 }),
+            v(Msg::Evict { epoch: 3, node: 2 }),
+            v(Msg::Evicted { epoch: 3 }),
             v(Msg::RangeAnswer {
                 epoch: 1,
                 req: 2,

@@ -25,6 +25,9 @@ pub enum NodeCommand {
     Add(AddArgs),
     /// Move every coordinator role off a node before its maintenance.
     Drain(crate::role_move::DrainArgs),
+    /// Fence a node and put it out of the cluster: what it held is freed, it is
+    /// refused from then on, and its daemon stops serving until it starts again.
+    Evict(crate::evict::EvictArgs),
 }
 
 /// Arguments of `csvctl cluster init`.

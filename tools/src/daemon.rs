@@ -15,7 +15,17 @@ pub fn connect_any(
     config_path: &Path,
     roots: &[PathBuf],
 ) -> Result<control::Client> {
-    for n in &config.nodes {
+    connect_any_but(config, config_path, roots, None)
+}
+
+/// [`connect_any`], passing over the daemon of node `but`.
+pub fn connect_any_but(
+    config: &Config,
+    config_path: &Path,
+    roots: &[PathBuf],
+    but: Option<u8>,
+) -> Result<control::Client> {
+    for n in config.nodes.iter().filter(|n| Some(n.id) != but) {
         for root in roots {
             let path = control::socket_path(&root.join("run/csvfs"), &n.name);
             if let Ok(c) = control::Client::connect(&path) {

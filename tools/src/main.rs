@@ -3,6 +3,7 @@
 
 mod cluster;
 mod daemon;
+mod evict;
 mod fsck;
 mod in_use;
 mod mkfs;
@@ -105,6 +106,10 @@ fn main() {
             }
             Command::Volume(volume::VolumeCommand::Move(a)) => {
                 exit_on_error("csvctl volume move", role_move::run_move(a));
+                0
+            }
+            Command::Node(cluster::NodeCommand::Evict(a)) => {
+                exit_on_error("csvctl node evict", evict::run(a));
                 0
             }
             Command::Node(cluster::NodeCommand::Drain(a)) => {

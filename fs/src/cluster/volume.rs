@@ -396,6 +396,12 @@ impl ClusterVolume {
                 epoch: self.handle.status().epoch,
             };
         };
+        if self.handle.status().evicted.contains(&from) {
+            return Outcome::Failed {
+                errno: libc::EIO,
+                message: format!("node {from} was evicted from the cluster"),
+            };
+        }
         self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -498,6 +504,15 @@ impl ClusterVolume {
                 return Ok((reply, leased));
             }
             let st = self.handle.status();
+            if st.role == lockmgr::protocol::Role::Evicted.to_string() {
+                return Err(MetaError::Remote {
+                    errno: libc::EIO,
+                    message: format!(
+                        "volume {}: this node was evicted from the cluster (csvctl node evict); start its daemon again once it may rejoin",
+                        self.label
+                    ),
+                });
+            }
             if let Some(c) = st.coordinator.filter(|&c| c != self.me) {
                 let req = MetaRequest {
                     id,

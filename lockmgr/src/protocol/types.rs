@@ -307,6 +307,19 @@ pub enum Msg {
         /// The epoch handed over.
         epoch: Epoch,
     },
+    /// `csvctl node evict`: to the coordinator, evict `node`; from the coordinator to
+    /// the other nodes, `node` is evicted (so that a later coordinator refuses it too).
+    Evict {
+        /// The sender's epoch.
+        epoch: Epoch,
+        /// The node evicted.
+        node: NodeId,
+    },
+    /// To an evicted node: it is out of the cluster and must stop.
+    Evicted {
+        /// The sender's epoch.
+        epoch: Epoch,
+    },
 }
 
 /// A disk operation on the node's own path to the LUN. One is out at a time.
@@ -471,6 +484,9 @@ pub enum Role {
     Coordinator(Epoch),
     /// Fenced: will rejoin with a new incarnation.
     Fenced,
+    /// Evicted from the cluster (`csvctl node evict`): stopped, rejoins only when its
+    /// daemon starts again.
+    Evicted,
 }
 
 impl fmt::Display for Role {
@@ -481,6 +497,7 @@ impl fmt::Display for Role {
             Role::TakingOver => write!(f, "taking over"),
             Role::Coordinator(e) => write!(f, "coordinator, epoch {e}"),
             Role::Fenced => write!(f, "fenced"),
+            Role::Evicted => write!(f, "evicted"),
         }
     }
 }

@@ -73,6 +73,26 @@ pub struct VolumeStatus {
     /// a map: JSON map keys are strings.)
     #[serde(default)]
     pub refused: Vec<(NodeId, u32)>,
+    /// Nodes evicted from the cluster (`csvctl node evict`), as far as this node knows.
+    #[serde(default)]
+    pub evicted: Vec<NodeId>,
+}
+
+/// Tells the asker whether a request was taken; its actions, if it was.
+fn answered(
+    done: oneshot::Sender<Result<(), String>>,
+    result: Result<Vec<Action>, String>,
+) -> Vec<Action> {
+    match result {
+        Ok(actions) => {
+            let _ = done.send(Ok(()));
+            actions
+        }
+        Err(e) => {
+            let _ = done.send(Err(e));
+            Vec::new()
+        }
+    }
 }
 
 enum Command {
@@ -101,6 +121,10 @@ enum Command {
         seq: u64,
     },
     KeepStore,
+    Evict {
+        node: NodeId,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// The handle of a running volume service.
@@ -207,6 +231,15 @@ impl VolumeHandle {
         let (done, rx) = oneshot::channel();
         self.commands
             .send(Command::HandOver { to, done })
+            .map_err(|_| LeaseError::Stopped.to_string())?;
+        rx.await.map_err(|_| LeaseError::Stopped.to_string())?
+    }
+
+    /// Evicts `node` from the cluster (on the coordinator; asked of it from elsewhere).
+    pub async fn evict(&self, node: NodeId) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Evict { node, done })
             .map_err(|_| LeaseError::Stopped.to_string())?;
         rx.await.map_err(|_| LeaseError::Stopped.to_string())?
     }
@@ -326,6 +359,7 @@ pub fn start(
         since_ms: super::lun_disk::wall_clock_ms(),
         io: None,
         refused: Default::default(),
+        evicted: Vec::new(),
     });
     let (op_tx, op_rx) = std::sync::mpsc::channel::<(u64, DiskOp, u32)>();
     let disk = setup.disk.clone();
@@ -486,16 +520,7 @@ impl VolumeTask {
                 tracing::info!(volume = self.label, "registering again on the direct path");
                 self.node.register_again(now)
             }
-            Command::HandOver { to, done } => match self.node.hand_over(now, to) {
-                Ok(actions) => {
-                    let _ = done.send(Ok(()));
-                    actions
-                }
-                Err(e) => {
-                    let _ = done.send(Err(e));
-                    Vec::new()
-                }
-            },
+            Command::HandOver { to, done } => answered(done, self.node.hand_over(now, to)),
             Command::StoreClosed { epoch, seq } => {
                 self.node.store_closed(epoch, seq);
                 self.node.handle(now, Event::Tick)
@@ -504,6 +529,7 @@ impl VolumeTask {
                 self.node.set_store_keeper(true);
                 Vec::new()
             }
+            Command::Evict { node, done } => answered(done, self.node.evict(now, node)),
         }
     }
 
@@ -629,6 +655,7 @@ impl VolumeTask {
             since_ms: self.status.borrow().since_ms,
             io: None,
             refused: node.refused_writers().into_iter().collect(),
+            evicted: node.evicted(),
         };
         self.status.send_if_modified(|s| {
             if *s != next {

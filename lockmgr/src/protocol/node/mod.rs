@@ -22,6 +22,7 @@
 //!   coordinator stopped serving and closed its store, and the receiver then takes
 //!   over as after a failover (drain, new epoch, reports, barrier).
 
+mod evict;
 mod hand_over;
 mod ranges;
 
@@ -87,9 +88,13 @@ enum Phase {
     Joining,
     Follower(NodeId),
     TakingOver,
-    Draining { until: Millis },
+    Draining {
+        until: Millis,
+    },
     Rebuilding,
     Coordinator,
+    /// Evicted from the cluster: does nothing more.
+    Evicted,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +164,8 @@ pub struct Node {
     hand_over_seq: u64,
     /// Why the last one was given up or refused, with its number.
     hand_over_failure_note: Option<(u64, String)>,
+    /// Nodes evicted from the cluster (`csvctl node evict`).
+    evicted: BTreeSet<NodeId>,
     out: Vec<Action>,
 }
 
@@ -205,6 +212,7 @@ impl Node {
             handed_to: None,
             hand_over_seq: 0,
             hand_over_failure_note: None,
+            evicted: BTreeSet::new(),
             out: Vec::new(),
         };
         n.join(now);
@@ -238,6 +246,7 @@ impl Node {
             Phase::Follower(c) => Role::Follower(c),
             Phase::TakingOver | Phase::Draining { .. } | Phase::Rebuilding => Role::TakingOver,
             Phase::Coordinator => Role::Coordinator(self.epoch),
+            Phase::Evicted => Role::Evicted,
         }
     }
 
@@ -363,6 +372,9 @@ impl Node {
     // ----- time -----
 
     fn tick(&mut self, now: Millis) {
+        if self.phase == Phase::Evicted {
+            return;
+        }
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.timing.heartbeat;
             let coordinator = self.phase == Phase::Coordinator;
@@ -441,6 +453,13 @@ impl Node {
 
     fn fenced(&mut self, now: Millis) {
         self.out.push(Action::Role(Role::Fenced));
+        self.drop_everything(now);
+        self.join(now);
+    }
+
+    /// Drops every lease, lock and duty (fenced or evicted) and takes a new
+    /// incarnation.
+    fn drop_everything(&mut self, now: Millis) {
         if !self.leases.is_empty() || !self.old_leases.is_empty() {
             self.out.push(Action::LostAll);
         }
@@ -460,7 +479,6 @@ impl Node {
             let req = self.new_req();
             self.pending.insert(req, (res, mode, now));
         }
-        self.join(now);
     }
 
     /// A request number no other life of this node uses: the incarnation above a
@@ -716,11 +734,11 @@ impl Node {
     /// Fences `node` as it was last heard of: its keys up to that incarnation go, a
     /// newer life of it (one that rejoined meanwhile) stays.
     fn fence_member(&mut self, node: NodeId) {
-        let upto = self
-            .peer_incarnation
-            .get(&node)
-            .copied()
-            .unwrap_or(u32::MAX);
+        let upto = match self.peer_incarnation.get(&node) {
+            Some(&i) if !self.is_evicted(node) => i,
+            // An evicted node's every key, whatever life registered it.
+            _ => u32::MAX,
+        };
         self.fence_member_upto(node, upto);
     }
 
@@ -738,6 +756,14 @@ impl Node {
     // ----- messages -----
 
     fn on_message(&mut self, now: Millis, from: NodeId, incarnation: u32, msg: Msg) {
+        if self.phase == Phase::Evicted {
+            return;
+        }
+        if self.is_evicted(from) {
+            // Whatever it says: it is out, and told so.
+            self.send(from, Msg::Evicted { epoch: self.epoch });
+            return;
+        }
         if let Some(c) = &self.coord
             && c.fenced.get(&from).is_some_and(|i| incarnation <= *i)
         {
@@ -782,6 +808,8 @@ impl Node {
                 | Msg::MoveTo { .. }
                 | Msg::Accept { .. }
                 | Msg::Moved { .. }
+                | Msg::Evict { .. }
+                | Msg::Evicted { .. }
         );
         if as_coordinator && self.phase == Phase::Follower(from) {
             self.coordinating_since = now;
@@ -975,6 +1003,7 @@ impl Node {
             Msg::MoveTo { .. } | Msg::Offer { .. } | Msg::Accept { .. } | Msg::Moved { .. } => {
                 self.on_hand_over_message(now, from, incarnation, msg);
             }
+            Msg::Evict { .. } | Msg::Evicted { .. } => self.on_evict_message(now, from, msg),
         }
     }
 
@@ -1008,7 +1037,7 @@ impl Node {
     fn superseded(&mut self, now: Millis, coordinator: NodeId, epoch: Epoch) {
         match self.phase {
             Phase::Coordinator | Phase::Rebuilding | Phase::Draining { .. } => self.fenced(now),
-            Phase::TakingOver => {}
+            Phase::TakingOver | Phase::Evicted => {}
             Phase::Joining | Phase::Follower(_) => {
                 self.epoch = epoch;
                 // Leases of the old epoch hold until they run out, unless the new
