@@ -104,10 +104,11 @@ pub fn admit(st: &VolumeStatus, from: u8, who: Credentials) -> Result<(), Refusa
         })
     };
     if st.serving {
-        if st
-            .refused
-            .iter()
-            .any(|&(n, upto)| n == from && who.incarnation <= upto)
+        if st.evicted.contains(&from)
+            || st
+                .refused
+                .iter()
+                .any(|&(n, upto)| n == from && who.incarnation <= upto)
         {
             return refuse(RefusalKind::Fenced);
         }
@@ -287,6 +288,7 @@ mod tests {
             since_ms: 0,
             io: None,
             refused: vec![(3, 4)],
+            evicted: vec![5],
         }
     }
 
@@ -301,6 +303,11 @@ mod tests {
         let fenced = admit(&st, 3, who(5, 4)).unwrap_err();
         assert_eq!(fenced.kind, RefusalKind::Fenced);
         assert_eq!(admit(&st, 3, who(5, 5)), Ok(()), "a newer life is served");
+        assert_eq!(
+            admit(&st, 5, who(5, 99)).unwrap_err().kind,
+            RefusalKind::Fenced,
+            "an evicted node, whatever its life"
+        );
         assert_eq!(
             admit(&st, 2, who(4, 9)).unwrap_err().kind,
             RefusalKind::WrongEpoch

@@ -71,6 +71,7 @@ impl Gate for Coordinator {
             since_ms: 0,
             io: None,
             refused: vec![(2, 4)],
+            evicted: Vec::new(),
         };
         redirect_io::cluster::admit(&st, from, who)
     }
