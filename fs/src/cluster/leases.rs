@@ -158,8 +158,7 @@ pub fn granted_by(call: &MetaCall, reply: &MetaReply) -> Vec<LeaseKey> {
 }
 
 /// What a change made by `call` (answered `reply`) makes stale in other nodes'
-/// kernels. `moved` is the inode a rename moves (and, for an exchange, the other one),
-/// looked up before it ran.
+/// kernels. `moved` are the inodes of the names of [`moves`], looked up before it ran.
 pub fn changed_by(call: &MetaCall, reply: &MetaReply, moved: &[u64]) -> Vec<LeaseKey> {
     let gone = match reply {
         MetaReply::Unlinked(Some(u)) => Some(LeaseKey::Attr(u.ino)),
@@ -202,8 +201,9 @@ pub fn changed_by(call: &MetaCall, reply: &MetaReply, moved: &[u64]) -> Vec<Leas
     keys
 }
 
-/// The names whose inodes a call moves (a rename: the source, and for an exchange the
-/// target), to be looked up before it runs.
+/// The names whose inodes a call changes (a rename: the source and the target, which
+/// it moves or replaces; an unlink or rmdir: the name), to be looked up before it
+/// runs, since the answer may not say.
 pub fn moves(call: &MetaCall) -> Vec<(u64, &[u8])> {
     match call {
         MetaCall::Rename {
@@ -211,14 +211,13 @@ pub fn moves(call: &MetaCall) -> Vec<(u64, &[u8])> {
             name,
             new_parent,
             new_name,
-            exchange,
             ..
-        } => {
-            let mut v = vec![(*parent, name.as_slice())];
-            if *exchange {
-                v.push((*new_parent, new_name.as_slice()));
-            }
-            v
+        } => vec![
+            (*parent, name.as_slice()),
+            (*new_parent, new_name.as_slice()),
+        ],
+        MetaCall::Unlink { parent, name } | MetaCall::Rmdir { parent, name } => {
+            vec![(*parent, name.as_slice())]
         }
         _ => Vec::new(),
     }
@@ -292,7 +291,7 @@ mod tests {
             noreplace: false,
             exchange: false,
         };
-        assert_eq!(moves(&call), vec![(1, &b"a"[..])]);
+        assert_eq!(moves(&call), vec![(1, &b"a"[..]), (2, &b"b"[..])]);
         let replaced = MetaReply::Unlinked(Some(metadata::Unlinked {
             ino: 8,
             orphaned: true,

@@ -595,7 +595,18 @@ impl MetaService for ClusterVolume {
             },
             call => call,
         };
-        let (reply, leased) = self.call_coordinator(call.clone())?;
+        let (reply, leased) = match self.call_coordinator(call.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                if call.changes() {
+                    // The change may have been applied all the same (an answer lost
+                    // to a failover, a timeout): what it would make stale goes.
+                    let keys = leases::changed_by(&call, &MetaReply::Done, &moved);
+                    cache.drop_keys(&keys);
+                }
+                return Err(e);
+            }
+        };
         if call.changes() {
             // This node's own change: what it kept of the things changed goes (the
             // coordinator recalls only the other nodes).
