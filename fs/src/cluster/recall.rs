@@ -121,19 +121,13 @@ impl Recaller {
     }
 
     async fn exchange(&self, to: u8, req: &RecallRequest) -> Result<(), String> {
-        let mut stream = self.pool.take(&self.shell, to).await?;
-        stream
-            .send(&req.encode())
+        self.pool
+            .exchange(&self.shell, to, &req.encode(), "holder", |bytes| {
+                RecallDone::decode(bytes)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
             .await
-            .map_err(|e| e.to_string())?;
-        let bytes = stream
-            .recv()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the holder closed the stream without an answer")?;
-        RecallDone::decode(&bytes).map_err(|e| e.to_string())?;
-        self.pool.put(to, stream);
-        Ok(())
     }
 
     /// Serves the recalls a coordinator sends on `stream`, one after the other.

@@ -50,4 +50,27 @@ impl StreamPool {
     pub fn put(&self, to: u8, stream: FramedStream) {
         self.idle.lock().push((to, stream));
     }
+
+    /// Sends `frame` to `to` on a stream of the pool and reads the answer through
+    /// `read` (`peer` names the other side in errors); the stream goes back to the
+    /// pool only when `read` took the answer.
+    pub async fn exchange<T>(
+        &self,
+        shell: &Shell,
+        to: u8,
+        frame: &[u8],
+        peer: &str,
+        read: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut stream = self.take(shell, to).await?;
+        stream.send(frame).await.map_err(|e| e.to_string())?;
+        let bytes = stream
+            .recv()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the {peer} closed the stream without an answer"))?;
+        let answer = read(&bytes)?;
+        self.put(to, stream);
+        Ok(answer)
+    }
 }

@@ -448,22 +448,15 @@ impl ClusterVolume {
 
     /// One exchange with node `to`, on a stream of the pool.
     async fn exchange(&self, to: u8, req: &MetaRequest) -> Result<Outcome, String> {
-        let mut stream = self.streams.take(&self.shell, to).await?;
-        stream
-            .send(&req.encode())
+        self.streams
+            .exchange(&self.shell, to, &req.encode(), "coordinator", |bytes| {
+                let resp = MetaResponse::decode(bytes).map_err(|e| e.to_string())?;
+                if resp.id != req.id {
+                    return Err(format!("answer to request {} for {}", resp.id, req.id));
+                }
+                Ok(resp.outcome)
+            })
             .await
-            .map_err(|e| e.to_string())?;
-        let bytes = stream
-            .recv()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the coordinator closed the stream without an answer")?;
-        let resp = MetaResponse::decode(&bytes).map_err(|e| e.to_string())?;
-        if resp.id != req.id {
-            return Err(format!("answer to request {} for {}", resp.id, req.id));
-        }
-        self.streams.put(to, stream);
-        Ok(resp.outcome)
     }
 
     /// An answer from what this node keeps under lease, if it has one.
