@@ -451,15 +451,25 @@ impl Filesystem for CsvFs {
             Ok(u) => {
                 // A last link of a file this node does not have open: its inode goes
                 // before the answer, as a local file system's would.
-                if let Some(u) = u
-                    && u.orphaned
-                    && !self.inodes.is_open(u.ino)
-                    && let Err(e) = self.meta.delete_inode(u.ino)
-                {
-                    tracing::error!(ino = u.ino, error = %e, "cannot delete an unlinked inode; it stays an orphan");
-                }
+                let deleted = match u {
+                    Some(u) if u.orphaned && !self.inodes.is_open(u.ino) => {
+                        match self.meta.delete_inode(u.ino) {
+                            Ok(()) => {
+                                self.inodes.deleted(u.ino);
+                                true
+                            }
+                            Err(e) => {
+                                tracing::error!(ino = u.ino, error = %e, "cannot delete an unlinked inode; it stays an orphan");
+                                false
+                            }
+                        }
+                    }
+                    _ => false,
+                };
                 reply.ok();
-                self.after_unlink(u);
+                if !deleted {
+                    self.after_unlink(u);
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }

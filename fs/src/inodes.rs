@@ -18,6 +18,8 @@ pub struct InodeState {
 struct Counts {
     lookups: u64,
     opens: u64,
+    /// Its last link went and it was deleted: nothing is left to reap.
+    deleted: bool,
 }
 
 /// The in-memory inode table.
@@ -37,17 +39,26 @@ impl InodeTable {
         self.get(ino).counts.lock().lookups += 1;
     }
 
+    /// `ino` was deleted (its last link went while it was not open).
+    pub fn deleted(&self, ino: u64) {
+        if let Some(s) = self.map.lock().get(&ino) {
+            s.counts.lock().deleted = true;
+        }
+    }
+
     /// A handle was opened.
     pub fn opened(&self, ino: u64) {
         self.get(ino).counts.lock().opens += 1;
     }
 
-    /// The kernel forgot `n` lookups; returns true when nothing refers to `ino` any more.
+    /// The kernel forgot `n` lookups; returns true when nothing refers to `ino` any more
+    /// (and it was not deleted already).
     pub fn forget(&self, ino: u64, n: u64) -> bool {
         self.release_with(ino, |c| c.lookups = c.lookups.saturating_sub(n))
     }
 
-    /// A handle was closed; returns true when nothing refers to `ino` any more.
+    /// A handle was closed; returns true when nothing refers to `ino` any more (and it
+    /// was not deleted already).
     pub fn closed(&self, ino: u64) -> bool {
         self.release_with(ino, |c| c.opens = c.opens.saturating_sub(1))
     }
@@ -81,9 +92,10 @@ impl InodeTable {
             f(&mut c);
             c.lookups == 0 && c.opens == 0
         };
+        let deleted = state.counts.lock().deleted;
         if idle && Arc::strong_count(state) == 1 {
             map.remove(&ino);
         }
-        idle
+        idle && !deleted
     }
 }

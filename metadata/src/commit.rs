@@ -13,6 +13,15 @@
 //! job asks for it (fsync) or at the latest `interval` after the first change (a timer
 //! thread sees to it), as a journal commit does in ext4. Extents freed in between wait in PENDING_FREE and are
 //! released in the durable commit (see [`crate::alloc`]).
+//!
+//! On a shared volume, jobs carry their [`Origin`]: this node's own applications, or
+//! another node. A coordinator may acknowledge another node's change before it is
+//! durable (the node keeps it and replays it after a failover) only while that node
+//! is the one origin of everything not yet durable: a batch with another node's job
+//! is committed durably as soon as it, or what waits for a durable commit, holds a
+//! job of any other origin. Then what a crash of the coordinator loses is, at most,
+//! one node's changes (which that node replays on the state they were first applied
+//! to) followed by the coordinator's own applications' (which die with it).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,6 +44,7 @@ trait Job: Send {
     fn finish(self: Box<Self>, outcome: MetaResult<()>);
     fn frees_space(&self) -> bool;
     fn durable(&self) -> bool;
+    fn origin(&self) -> Origin;
 }
 
 struct TypedJob<F, R> {
@@ -43,6 +53,7 @@ struct TypedJob<F, R> {
     reply: Sender<MetaResult<R>>,
     frees: bool,
     durable: bool,
+    origin: Origin,
 }
 
 impl<F, R> Job for TypedJob<F, R>
@@ -68,6 +79,19 @@ where
     fn durable(&self) -> bool {
         self.durable
     }
+    fn origin(&self) -> Origin {
+        self.origin
+    }
+}
+
+/// Whose change a job is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// This node's own applications.
+    #[default]
+    Local,
+    /// Another node of a shared volume, by its id.
+    Node(u8),
 }
 
 /// How a job wants to be committed.
@@ -77,6 +101,8 @@ pub struct JobKind {
     pub frees_space: bool,
     /// The job's commit must be durable before it returns (fsync).
     pub durable: bool,
+    /// Whose change it is.
+    pub origin: Origin,
 }
 
 impl JobKind {
@@ -85,6 +111,14 @@ impl JobKind {
     pub const FREES: JobKind = JobKind {
         frees_space: true,
         durable: false,
+        origin: Origin::Local,
+    };
+
+    /// A durable job of this node.
+    pub const DURABLE: JobKind = JobKind {
+        frees_space: false,
+        durable: true,
+        origin: Origin::Local,
     };
 }
 
@@ -113,6 +147,8 @@ struct Queue {
     leading: bool,
     /// Since when non-durable changes wait for a durable commit.
     dirty_since: Option<Instant>,
+    /// The origins of those changes (and of a non-durable batch being committed).
+    pending: Vec<Origin>,
     stopped: bool,
 }
 
@@ -185,18 +221,24 @@ impl Committer {
 
     /// Makes every change committed so far durable.
     pub fn sync(&self) -> MetaResult<()> {
-        self.submit(
-            JobKind {
-                frees_space: false,
-                durable: true,
-            },
-            |_| Ok(()),
-        )
+        self.submit(JobKind::DURABLE, |_| Ok(()))
     }
 
     /// True while committed changes wait for a durable commit.
     pub fn has_unsynced(&self) -> bool {
         self.shared.queue.lock().dirty_since.is_some()
+    }
+
+    /// True while changes of an origin other than `origin` wait for a durable commit:
+    /// what `origin` sees of the store must not be lost to a crash, unless it is its
+    /// own (see the module's notes). Check it after taking the snapshot to answer from.
+    pub fn has_unsynced_beyond(&self, origin: Origin) -> bool {
+        self.shared
+            .queue
+            .lock()
+            .pending
+            .iter()
+            .any(|&o| o != origin)
     }
 
     /// Makes everything durable and stops.
@@ -207,14 +249,7 @@ impl Committer {
         // Stopped first: a job submitted from now on is refused, and the durable
         // commit below (let through) covers every job queued before.
         self.shared.queue.lock().stopped = true;
-        let result = self.shared.submit_job(
-            JobKind {
-                frees_space: false,
-                durable: true,
-            },
-            |_| Ok(()),
-            true,
-        );
+        let result = self.shared.submit_job(JobKind::DURABLE, |_| Ok(()), true);
         self.shared.wake_timer.notify_all();
         let _ = timer.join();
         result
@@ -255,6 +290,7 @@ impl Shared {
             reply,
             frees: kind.frees_space,
             durable: kind.durable,
+            origin: kind.origin,
         };
         let lead = {
             let mut q = self.queue.lock();
@@ -274,7 +310,7 @@ impl Shared {
     /// Commits batches until the queue is empty.
     fn lead(&self) {
         loop {
-            let (batch, due) = {
+            let (batch, durable) = {
                 let mut q = self.queue.lock();
                 if q.jobs.is_empty() {
                     q.leading = false;
@@ -282,13 +318,23 @@ impl Shared {
                 }
                 let n = q.jobs.len().min(MAX_BATCH);
                 let batch: Vec<Box<dyn Job>> = q.jobs.drain(..n).collect();
-                (
-                    batch,
-                    q.dirty_since.is_some_and(|t| t.elapsed() >= self.interval),
-                )
+                let due = q.dirty_since.is_some_and(|t| t.elapsed() >= self.interval);
+                let durable =
+                    due || batch.iter().any(|j| j.durable()) || mixes_origins(&q.pending, &batch);
+                if !durable {
+                    // Recorded before the commit makes the batch visible: a reader
+                    // that sees it then sees it pending (`has_unsynced_beyond`).
+                    for j in &batch {
+                        if !q.pending.contains(&j.origin()) {
+                            q.pending.push(j.origin());
+                        }
+                    }
+                    q.dirty_since.get_or_insert_with(Instant::now);
+                }
+                (batch, durable)
             };
-            let durable = due || batch.iter().any(|j| j.durable());
             let jobs = batch.len() as u64;
+            let origins: Vec<Origin> = batch.iter().map(|j| j.origin()).collect();
             let outcome = self.worker.lock().run_batch(batch, durable);
             {
                 let mut s = self.stats.lock();
@@ -299,12 +345,20 @@ impl Shared {
             let mut q = self.queue.lock();
             if outcome {
                 q.dirty_since = None;
+                q.pending.clear();
                 if self.hold.as_ref().is_some_and(|h| h.held() > 0) {
                     // Held runs: the timer commits again when the first may go.
                     self.wake_timer.notify_all();
                 }
-            } else if q.dirty_since.is_none() {
-                q.dirty_since = Some(Instant::now());
+            } else {
+                if q.dirty_since.is_none() {
+                    q.dirty_since = Some(Instant::now());
+                }
+                for j in origins {
+                    if !q.pending.contains(&j) {
+                        q.pending.push(j);
+                    }
+                }
                 self.wake_timer.notify_all();
             }
         }
@@ -340,16 +394,27 @@ impl Shared {
                 true
             };
             if due {
-                let _ = self.submit(
-                    JobKind {
-                        frees_space: false,
-                        durable: true,
-                    },
-                    |_| Ok(()),
-                );
+                let _ = self.submit(JobKind::DURABLE, |_| Ok(()));
             }
         }
     }
+}
+
+/// True when committing `batch` without a flush would let another node's change see,
+/// or sit beside, a change of a different origin that is not durable either (see the
+/// module's notes). This node's own changes may follow another node's without one:
+/// they die with this node anyway.
+fn mixes_origins(pending: &[Origin], batch: &[Box<dyn Job>]) -> bool {
+    let all = || {
+        pending
+            .iter()
+            .copied()
+            .chain(batch.iter().map(|j| j.origin()))
+    };
+    batch.iter().any(|j| match j.origin() {
+        Origin::Node(n) => all().any(|o| o != Origin::Node(n)),
+        Origin::Local => false,
+    })
 }
 
 impl Worker {
@@ -469,5 +534,57 @@ impl Worker {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{JobKind, Origin};
+    use crate::volume::Volume;
+
+    fn change(vol: &Volume, origin: Origin) {
+        vol.write(
+            JobKind {
+                origin,
+                ..JobKind::default()
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn another_nodes_change_waits_for_a_flush_only_beside_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = crate::volume::scratch_volume(dir.path());
+        vol.sync().unwrap();
+        let flushes = || vol.commit_stats().durable_commits;
+        let start = flushes();
+        let (two, three) = (Origin::Node(2), Origin::Node(3));
+        change(&vol, two);
+        change(&vol, two);
+        assert_eq!(flushes(), start, "node 2 alone: no flush");
+        assert!(!vol.has_unsynced_beyond(two));
+        assert!(vol.has_unsynced_beyond(three) && vol.has_unsynced_beyond(Origin::Local));
+        // This node's own change may follow without a flush (it dies with this node)...
+        change(&vol, Origin::Local);
+        assert_eq!(flushes(), start);
+        assert!(
+            vol.has_unsynced_beyond(two),
+            "node 2 would now see a local change"
+        );
+        // ...but node 2's next change may not sit beside it.
+        change(&vol, two);
+        assert_eq!(flushes(), start + 1);
+        assert!(!vol.has_unsynced());
+        // Nor may node 3's beside node 2's.
+        change(&vol, two);
+        assert_eq!(flushes(), start + 1);
+        change(&vol, three);
+        assert_eq!(flushes(), start + 2);
+        // Local changes alone never flush.
+        change(&vol, Origin::Local);
+        change(&vol, Origin::Local);
+        assert_eq!(flushes(), start + 2);
     }
 }

@@ -24,7 +24,7 @@ pub mod superblock;
 pub mod tables;
 pub mod volume;
 
-pub use commit::JobKind;
+pub use commit::{JobKind, Origin};
 pub use error::{MetaError, MetaResult};
 pub use extent::{Extent, Segment};
 pub use inode::{FileKind, Inode, ROOT_INO, Timestamp};

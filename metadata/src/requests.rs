@@ -45,29 +45,12 @@ impl Ctx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use blockdev::FileDevice;
-
     use crate::JobKind;
-    use crate::volume::{FormatOptions, OpenOptions, Volume};
 
     #[test]
     fn answers_are_found_again_and_old_ones_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("lun.img");
-        FileDevice::create_image(&img, 64 << 20).unwrap();
-        let dev: Arc<dyn blockdev::BlockDevice> = Arc::new(FileDevice::open(&img, false).unwrap());
-        Volume::format(
-            dev.clone(),
-            &FormatOptions {
-                label: "t".into(),
-                metadata_bytes: None,
-                force: false,
-            },
-        )
-        .unwrap();
-        let vol = Volume::open(dev, &OpenOptions::default()).unwrap();
+        let vol = crate::volume::scratch_volume(dir.path());
         let base = 1u64 << 40;
         vol.write(JobKind::default(), move |c| {
             c.record_answer(2, base, b"first")?;

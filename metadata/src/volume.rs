@@ -232,6 +232,7 @@ impl Volume {
                 JobKind {
                     frees_space: true,
                     durable: true,
+                    ..JobKind::default()
                 },
                 |c| c.delete_orphans(),
             )?;
@@ -307,6 +308,14 @@ impl Volume {
         self.committer.as_ref().is_some_and(|c| c.has_unsynced())
     }
 
+    /// True while changes of an origin other than `origin` wait for a durable commit
+    /// (see [`crate::commit`]).
+    pub fn has_unsynced_beyond(&self, origin: crate::commit::Origin) -> bool {
+        self.committer
+            .as_ref()
+            .is_some_and(|c| c.has_unsynced_beyond(origin))
+    }
+
     /// Space and inode figures.
     pub fn usage(&self) -> MetaResult<Usage> {
         let snap = self.snapshot()?;
@@ -342,4 +351,19 @@ impl Volume {
             None => Ok(()),
         }
     }
+}
+
+/// A volume freshly formatted on a 64 MiB image in `dir`, opened: for unit tests.
+#[cfg(test)]
+pub(crate) fn scratch_volume(dir: &std::path::Path) -> Volume {
+    let img = dir.join("lun.img");
+    blockdev::FileDevice::create_image(&img, 64 << 20).unwrap();
+    let dev: Arc<dyn BlockDevice> = Arc::new(blockdev::FileDevice::open(&img, false).unwrap());
+    let opts = FormatOptions {
+        label: "t".into(),
+        metadata_bytes: None,
+        force: false,
+    };
+    Volume::format(dev.clone(), &opts).unwrap();
+    Volume::open(dev, &OpenOptions::default()).unwrap()
 }

@@ -78,17 +78,25 @@ fn unlink(p: &Path) {
     std::fs::remove_file(p).unwrap();
 }
 
-/// Create, stat and unlink rates in a fresh directory of `mount`.
-fn metadata_rates(mount: &Path, tag: &str, count: u64, threads: u64) -> [f64; 3] {
+/// Create, stat and unlink rates in a fresh directory of `mount`, each with the calls
+/// to the coordinator per file that `calls` (the node's counter) saw.
+fn metadata_rates(
+    mount: &Path,
+    tag: &str,
+    count: u64,
+    threads: u64,
+    calls: &dyn Fn() -> u64,
+) -> [(f64, f64); 3] {
     let dir = mount.join(format!("meta-{tag}-{threads}"));
     for t in 0..threads {
         std::fs::create_dir_all(dir.join(format!("t{t}"))).unwrap();
     }
-    let r = [
-        rate(&dir, count, threads, create),
-        rate(&dir, count, threads, stat),
-        rate(&dir, count, threads, unlink),
-    ];
+    let measured = |op: fn(&Path)| {
+        let before = calls();
+        let r = rate(&dir, count, threads, op);
+        (r, (calls() - before) as f64 / count as f64)
+    };
+    let r = [measured(create), measured(stat), measured(unlink)];
     std::fs::remove_dir_all(&dir).unwrap();
     r
 }
@@ -128,8 +136,17 @@ fn main() {
     // Metadata.
     let mut meta = Vec::new();
     for threads in [1, 8] {
-        let a = metadata_rates(&mounts[coord], "coordinator", count, threads);
-        let b = metadata_rates(&mounts[follower], "follower", count, threads);
+        let calls = |n: usize| {
+            c.volume_status(n)
+                .and_then(|v| v.io)
+                .map_or(0, |io| io.metadata_calls)
+        };
+        let a = metadata_rates(&mounts[coord], "coordinator", count, threads, &|| {
+            calls(coord)
+        });
+        let b = metadata_rates(&mounts[follower], "follower", count, threads, &|| {
+            calls(follower)
+        });
         meta.push((threads, a, b));
     }
 
@@ -153,25 +170,28 @@ fn main() {
         status = next;
     }
 
-    println!("| measure | coordinator | follower | follower / coordinator | runs |");
-    println!("|---|---|---|---|---|");
     println!(
-        "| 1 MiB sequential read, O_DIRECT, {read_mb} MiB | {rc:.0} MB/s | {rf:.0} MB/s | {:.2} | {rounds} |",
+        "| measure | coordinator | follower | follower / coordinator | follower's calls to the coordinator per file | runs |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| 1 MiB sequential read, O_DIRECT, {read_mb} MiB | {rc:.0} MB/s | {rf:.0} MB/s | {:.2} | | {rounds} |",
         rf / rc
     );
     for (threads, a, b) in meta {
         for (k, what) in ["create", "stat", "unlink"].iter().enumerate() {
             println!(
-                "| {what} {count} files, {threads} thread{} | {:.0}/s | {:.0}/s | {:.2} | 1 |",
+                "| {what} {count} files, {threads} thread{} | {:.0}/s | {:.0}/s | {:.2} | {:.2} | 1 |",
                 if threads > 1 { "s" } else { "" },
-                a[k],
-                b[k],
-                b[k] / a[k]
+                a[k].0,
+                b[k].0,
+                b[k].0 / a[k].0,
+                b[k].1
             );
         }
     }
     println!(
-        "| kill -9 of the coordinator to the first answered stat on a follower | {:.2} s median (all: {}) | | | {rounds} |",
+        "| kill -9 of the coordinator to the first answered stat on a follower | {:.2} s median (all: {}) | | | | {rounds} |",
         median(failover_s.clone()),
         failover_s
             .iter()

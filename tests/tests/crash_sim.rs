@@ -110,7 +110,7 @@ proptest! {
                     if lookup(&vol, file).is_some() {
                         let nm = name(file);
                         let u = vol.write(JobKind::default(), move |c| c.unlink(ROOT_INO, &nm)).unwrap();
-                        vol.write(JobKind { frees_space: true, durable: false }, move |c| c.delete_inode(u.ino)).unwrap();
+                        vol.write(JobKind::FREES, move |c| c.delete_inode(u.ino)).unwrap();
                         model.remove(&file);
                         touched.insert(file, n);
                     }

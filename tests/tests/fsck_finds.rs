@@ -27,16 +27,10 @@ fn populated() -> Scratch {
 fn tamper(img: &Path, f: impl Fn(&redb::WriteTransaction) + Send + Sync + 'static) {
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(img, false).unwrap());
     let vol = Volume::open(dev, &OpenOptions::default()).unwrap();
-    vol.write(
-        JobKind {
-            frees_space: false,
-            durable: true,
-        },
-        move |c| {
-            f(c.txn);
-            Ok(())
-        },
-    )
+    vol.write(JobKind::DURABLE, move |c| {
+        f(c.txn);
+        Ok(())
+    })
     .unwrap();
     vol.close().unwrap();
 }

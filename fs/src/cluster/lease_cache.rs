@@ -2,8 +2,12 @@
 //! while it holds leases on them, and the kernel's attribute cache, which it lets
 //! keep attributes for as long.
 //!
-//! - Entries and attributes live here, in the daemon: a lookup under lease never
-//!   leaves the node (the kernel still asks, entry timeout 0, and gets its answer from
+//! - Entries and attributes live here, in the daemon, and so does the absence of a
+//!   name that a lookup did not find (a create looks its name up first), and the
+//!   whole set of names of a directory this node made: while it holds the lease on
+//!   the directory's attributes, which every other node's change of its entries
+//!   recalls, a name not in the set is absent without asking. A lookup under lease
+//!   never leaves the node (the kernel still asks, entry timeout 0, and gets its answer from
 //!   this cache). Dropping an entry from the kernel would take the directory's lock,
 //!   which an operation of this node in that directory may hold while it waits for
 //!   the coordinator, which waits for this recall: a cycle; dropping it from here
@@ -31,7 +35,7 @@
 //!   longer waits for it.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -66,14 +70,27 @@ pub struct LeaseCache {
     inner: Mutex<Kept>,
 }
 
+/// What a name under lease stands for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Name {
+    /// This inode, with these attributes.
+    Is(u64, Inode),
+    /// Nothing: the directory has no such name.
+    Absent,
+}
+
 #[derive(Default)]
 struct Kept {
-    entries: HashMap<(u64, Vec<u8>), (u64, Instant)>,
+    /// The inode of a name, `None` for a name known to be absent.
+    entries: HashMap<(u64, Vec<u8>), (Option<u64>, Instant)>,
     attrs: HashMap<u64, (Inode, Instant)>,
     /// A layout per inode: blocks from, to, the extents, until when.
     layouts: HashMap<u64, (u64, u64, Vec<Extent>, Instant)>,
     /// Inodes whose attributes the kernel may hold, and until when.
     kernel: HashMap<u64, Instant>,
+    /// Directories whose every name this node knows (it made them, and only it
+    /// changed them since), and until when.
+    complete: HashMap<u64, (HashSet<Vec<u8>>, Instant)>,
     next_prune: Option<Instant>,
 }
 
@@ -136,14 +153,28 @@ impl LeaseCache {
         ttl
     }
 
-    /// A name under lease: its inode, attributes, and the end of the leases.
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<(u64, Inode, Instant)> {
+    /// A name under lease: what it stands for, and the end of the leases.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<(Name, Instant)> {
         let now = Instant::now();
         let k = self.inner.lock();
-        let &(ino, e_until) = k.entries.get(&(parent, name.to_vec()))?;
+        let Some(&(ino, e_until)) = k.entries.get(&(parent, name.to_vec())) else {
+            let (names, until) = k.complete.get(&parent)?;
+            return (*until > now && !names.contains(name)).then_some((Name::Absent, *until));
+        };
+        let Some(ino) = ino else {
+            return (e_until > now).then_some((Name::Absent, e_until));
+        };
         let &(inode, a_until) = k.attrs.get(&ino)?;
         let until = e_until.min(a_until);
-        (until > now).then_some((ino, inode, until))
+        (until > now).then_some((Name::Is(ino, inode), until))
+    }
+
+    /// The inode of a name under lease, if it names one.
+    pub fn inode_of(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        match self.lookup(parent, name)? {
+            (Name::Is(ino, _), _) => Some(ino),
+            (Name::Absent, _) => None,
+        }
     }
 
     /// Attributes under lease, and the end of the lease.
@@ -172,19 +203,63 @@ impl LeaseCache {
         Some((inode, within, until))
     }
 
+    /// Keeps the absence of `name` in `parent`, which a lookup sent at `sent` when the
+    /// change counters were `before` did not find; returns the end of the lease, or
+    /// `None` when a recall or change of the name came meanwhile.
+    pub fn keep_absent(
+        &self,
+        before: &Snapshot,
+        sent: Instant,
+        parent: u64,
+        name: &[u8],
+    ) -> Option<Instant> {
+        let until = sent + self.lease - self.lease / 10;
+        let key = LeaseKey::Entry(parent, name.to_vec());
+        let mut k = self.inner.lock();
+        if !self.changes.unchanged(before, &key) {
+            return None;
+        }
+        k.entries.insert((parent, name.to_vec()), (None, until));
+        Some(until)
+    }
+
     /// Keeps what the answer to `call`, sent at `sent` when the change counters were
-    /// `before`, holds under lease; returns the end of the lease, or `None` when a
-    /// recall or change of its keys came meanwhile (nothing kept).
+    /// `before`, holds under lease, and the attributes `attrs` that came with it;
+    /// returns the end of the lease, or `None` when a recall or change of its keys
+    /// came meanwhile (nothing kept).
     pub fn keep(
         &self,
         before: &Snapshot,
         sent: Instant,
         call: &MetaCall,
         reply: &MetaReply,
+        attrs: &[(u64, Inode)],
     ) -> Option<Instant> {
         let until = sent + self.lease - self.lease / 10;
         let granted = super::leases::granted_by(call, reply);
         let mut k = self.inner.lock();
+        if !attrs
+            .iter()
+            .all(|&(ino, _)| self.changes.unchanged(before, &LeaseKey::Attr(ino)))
+        {
+            return None;
+        }
+        let now = Instant::now();
+        for &(ino, inode) in attrs {
+            k.attrs.insert(ino, (inode, until));
+            // A lease renewed before it ran out: nobody else changed the directory.
+            if let Some(c) = k.complete.get_mut(&ino)
+                && c.1 > now
+            {
+                c.1 = c.1.max(until);
+            }
+        }
+        if let (MetaCall::Create { node, .. }, MetaReply::Entry(ino, _)) = (call, reply)
+            && node.mode & libc::S_IFMT == libc::S_IFDIR
+        {
+            // A directory this node just made: empty, and nobody else knows it yet.
+            k.complete.insert(*ino, (HashSet::new(), until));
+        }
         // Under the lock: a recall counts itself before it takes the lock to drop.
         if !granted
             .iter()
@@ -213,14 +288,14 @@ impl LeaseCache {
                             _ => continue,
                         },
                     };
-                    k.entries.insert((parent, name), (ino, until));
+                    k.entries.insert((parent, name), (Some(ino), until));
                 }
             }
         }
-        let now = Instant::now();
         if k.next_prune.is_none_or(|p| now >= p) {
             k.entries.retain(|_, (_, u)| *u > now);
             k.attrs.retain(|_, (_, u)| *u > now);
+            k.complete.retain(|_, (_, u)| *u > now);
             k.layouts.retain(|_, (_, _, _, u)| *u > now);
             k.kernel.retain(|_, u| *u > now);
             k.next_prune = Some(now + self.lease);
@@ -228,14 +303,48 @@ impl LeaseCache {
         Some(until)
     }
 
-    /// Drops `keys`, which a change of this node made stale; `before` (taken before
-    /// the change was sent) follows where nothing else changed meanwhile, so that
-    /// the change's own answer may still be kept.
-    pub fn changed_here(&self, before: &mut Snapshot, keys: &[LeaseKey]) {
+    /// Drops `keys`, which `call`, a change of this node, made stale; `before` (taken
+    /// before the change was sent) follows where nothing else changed meanwhile, so
+    /// that the change's own answer may still be kept. The name sets of the
+    /// directories it changed are updated instead of dropped: this node's lease on
+    /// them stays.
+    pub fn changed_here(&self, before: &mut Snapshot, keys: &[LeaseKey], call: &MetaCall) {
         for key in keys {
             self.changes.bump_own(before, key);
         }
-        self.forget(keys);
+        {
+            let mut k = self.inner.lock();
+            let mut names = |dir: u64, name: &[u8], present: bool| {
+                if let Some((set, _)) = k.complete.get_mut(&dir) {
+                    if present {
+                        set.insert(name.to_vec());
+                    } else {
+                        set.remove(name);
+                    }
+                }
+            };
+            match call {
+                MetaCall::Create { parent, name, .. } | MetaCall::Link { parent, name, .. } => {
+                    names(*parent, name, true)
+                }
+                MetaCall::Unlink { parent, name } | MetaCall::Rmdir { parent, name } => {
+                    names(*parent, name, false)
+                }
+                MetaCall::Rename {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    exchange: false,
+                    ..
+                } => {
+                    names(*parent, name, false);
+                    names(*new_parent, new_name, true);
+                }
+                _ => {}
+            }
+        }
+        self.forget(keys, &super::leases::parents_of(call));
     }
 
     /// Drops `keys`: from here, and attributes from the kernel.
@@ -243,10 +352,11 @@ impl LeaseCache {
         for key in keys {
             self.changes.bump(key);
         }
-        self.forget(keys);
+        self.forget(keys, &[]);
     }
 
-    fn forget(&self, keys: &[LeaseKey]) {
+    /// Drops `keys`, and the name sets of the directories among them but `spare`.
+    fn forget(&self, keys: &[LeaseKey], spare: &[u64]) {
         let mut in_kernel = Vec::new();
         {
             let mut k = self.inner.lock();
@@ -255,6 +365,9 @@ impl LeaseCache {
                     LeaseKey::Attr(ino) => {
                         k.attrs.remove(ino);
                         k.layouts.remove(ino);
+                        if !spare.contains(ino) {
+                            k.complete.remove(ino);
+                        }
                         if k.kernel.remove(ino).is_some() {
                             in_kernel.push(*ino);
                         }
@@ -276,6 +389,7 @@ impl LeaseCache {
             k.entries.clear();
             k.attrs.clear();
             k.layouts.clear();
+            k.complete.clear();
             k.kernel.drain().map(|(ino, _)| ino).collect()
         };
         self.invalidate(&in_kernel);
@@ -322,10 +436,11 @@ mod tests {
                 Instant::now(),
                 &lookup(1, b"a"),
                 &MetaReply::Entry(7, inode),
+                &[],
             )
             .expect("kept");
         assert!(until > Instant::now() + Duration::from_secs(8));
-        assert_eq!(c.lookup(1, b"a").map(|(i, n, _)| (i, n.size)), Some((7, 5)));
+        assert_eq!(c.lookup(1, b"a").map(|(n, _)| n), Some(Name::Is(7, inode)));
         assert_eq!(c.inode(7).map(|(n, _)| n.size), Some(5));
         c.drop_keys(&[LeaseKey::Attr(7)]);
         assert!(c.lookup(1, b"a").is_none(), "the entry without attributes");
@@ -342,6 +457,7 @@ mod tests {
             Instant::now(),
             &lookup(1, b"a"),
             &MetaReply::Entry(7, Inode::default()),
+            &[],
         );
         assert!(kept.is_none());
         assert!(c.lookup(1, b"a").is_none());
@@ -382,7 +498,7 @@ mod tests {
             to: LAYOUT_AHEAD,
         };
         let reply = MetaReply::Layout(Inode::default(), vec![e(0, 10), e(300, 10)]);
-        c.keep(&c.snapshot(), Instant::now(), &call, &reply)
+        c.keep(&c.snapshot(), Instant::now(), &call, &reply, &[])
             .expect("kept");
         let (_, within, until) = c.layout(7, 0, 256).expect("covered");
         assert_eq!(within, vec![e(0, 10)]);
@@ -390,9 +506,81 @@ mod tests {
         assert!(c.layout(7, 0, LAYOUT_AHEAD + 1).is_none(), "not covered");
         c.drop_keys(&[LeaseKey::Attr(7)]);
         assert!(c.layout(7, 0, 256).is_none(), "recalled");
-        c.keep(&c.snapshot(), Instant::now(), &call, &reply)
+        c.keep(&c.snapshot(), Instant::now(), &call, &reply, &[])
             .expect("kept");
         std::thread::sleep(Duration::from_millis(120));
         assert!(c.layout(7, 0, 256).is_none(), "past its reuse");
+    }
+
+    fn create(parent: u64, name: &[u8], mode: u32) -> MetaCall {
+        MetaCall::Create {
+            parent,
+            name: name.to_vec(),
+            node: metadata::NewNode {
+                mode,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                symlink: None,
+            },
+        }
+    }
+
+    /// This node's own change `call`, answered `reply` with `attrs`: what it keeps.
+    fn change_here(
+        c: &LeaseCache,
+        call: MetaCall,
+        reply: MetaReply,
+        attrs: &[(u64, Inode)],
+    ) -> Option<Instant> {
+        let mut before = c.snapshot();
+        let keys = super::super::leases::changed_by(&call, &reply, &[]);
+        c.changed_here(&mut before, &keys, &call);
+        c.keep(&before, Instant::now(), &call, &reply, attrs)
+    }
+
+    #[test]
+    fn an_absent_name_is_kept_until_a_change_names_it() {
+        let c = LeaseCache::new(Duration::from_secs(10), Duration::from_secs(10));
+        let g = c.snapshot();
+        c.keep_absent(&g, Instant::now(), 1, b"new").expect("kept");
+        assert_eq!(c.lookup(1, b"new").map(|(n, _)| n), Some(Name::Absent));
+        assert_eq!(c.inode_of(1, b"new"), None);
+        // This node creates it: the absence goes, the answer is kept, with the
+        // directory's attributes after the create.
+        let dir = Inode {
+            size: 3,
+            ..Inode::default()
+        };
+        let reply = MetaReply::Entry(9, Inode::default());
+        change_here(&c, create(1, b"new", 0o100644), reply, &[(1, dir)]).expect("kept");
+        assert_eq!(c.inode_of(1, b"new"), Some(9));
+        assert_eq!(c.inode(1).map(|(i, _)| i.size), Some(3));
+        // An absence overtaken by a recall of the name is not kept.
+        let g = c.snapshot();
+        c.drop_keys(&[LeaseKey::Entry(1, b"other".to_vec())]);
+        assert!(c.keep_absent(&g, Instant::now(), 1, b"other").is_none());
+    }
+
+    #[test]
+    fn a_directory_made_here_knows_its_names_until_recalled() {
+        let c = LeaseCache::new(Duration::from_secs(10), Duration::from_secs(10));
+        let entry = |ino| MetaReply::Entry(ino, Inode::default());
+        let mkdir = create(1, b"d", libc::S_IFDIR | 0o755);
+        change_here(&c, mkdir, entry(5), &[(1, Inode::default())]).expect("kept");
+        assert_eq!(c.lookup(5, b"x").map(|(n, _)| n), Some(Name::Absent));
+        let file = create(5, b"x", libc::S_IFREG | 0o644);
+        change_here(&c, file, entry(6), &[(5, Inode::default())]).expect("kept");
+        assert_eq!(c.inode_of(5, b"x"), Some(6));
+        assert_eq!(c.lookup(5, b"y").map(|(n, _)| n), Some(Name::Absent));
+        // The entry of x goes (its attributes were recalled): x is not absent for all
+        // that, it is unknown.
+        c.drop_keys(&[LeaseKey::Attr(6)]);
+        assert!(c.lookup(5, b"x").is_none());
+        assert_eq!(c.lookup(5, b"y").map(|(n, _)| n), Some(Name::Absent));
+        // Another node changes the directory: its attributes are recalled, and with
+        // them what this node knew of its names.
+        c.drop_keys(&[LeaseKey::Attr(5)]);
+        assert!(c.lookup(5, b"y").is_none());
     }
 }

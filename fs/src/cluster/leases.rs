@@ -165,8 +165,16 @@ pub fn changed_by(call: &MetaCall, reply: &MetaReply, moved: &[u64]) -> Vec<Leas
         _ => None,
     };
     let mut keys = match call {
-        MetaCall::Create { parent, .. } => vec![LeaseKey::Attr(*parent)],
-        MetaCall::Link { ino, parent, .. } => vec![LeaseKey::Attr(*ino), LeaseKey::Attr(*parent)],
+        // A name that appears ends the leases on its absence.
+        MetaCall::Create { parent, name, .. } => vec![
+            LeaseKey::Entry(*parent, name.clone()),
+            LeaseKey::Attr(*parent),
+        ],
+        MetaCall::Link { ino, parent, name } => vec![
+            LeaseKey::Entry(*parent, name.clone()),
+            LeaseKey::Attr(*ino),
+            LeaseKey::Attr(*parent),
+        ],
         MetaCall::Unlink { parent, name } | MetaCall::Rmdir { parent, name } => vec![
             LeaseKey::Entry(*parent, name.clone()),
             LeaseKey::Attr(*parent),
@@ -199,6 +207,22 @@ pub fn changed_by(call: &MetaCall, reply: &MetaReply, moved: &[u64]) -> Vec<Leas
     keys.extend(gone);
     keys.extend(moved.iter().map(|i| LeaseKey::Attr(*i)));
     keys
+}
+
+/// The directories a change alters, whose attributes after it the changing node gets
+/// with the answer, under lease: it keeps them instead of asking for them again.
+pub fn parents_of(call: &MetaCall) -> Vec<u64> {
+    match call {
+        MetaCall::Create { parent, .. }
+        | MetaCall::Link { parent, .. }
+        | MetaCall::Unlink { parent, .. }
+        | MetaCall::Rmdir { parent, .. } => vec![*parent],
+        MetaCall::Rename {
+            parent, new_parent, ..
+        } if parent != new_parent => vec![*parent, *new_parent],
+        MetaCall::Rename { parent, .. } => vec![*parent],
+        _ => Vec::new(),
+    }
 }
 
 /// The names whose inodes a call changes (a rename: the source and the target, which

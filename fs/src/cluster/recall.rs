@@ -8,7 +8,7 @@
 //! coordinator has dropped everything on its own, since its lock manager lease ran
 //! out ([`super::lease_cache`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lockmgr::shell::Shell;
@@ -27,6 +27,10 @@ const AGAIN: Duration = Duration::from_millis(50);
 /// How long a new coordinator waits for each node to drop everything.
 const TAKEOVER_WAIT: Duration = Duration::from_millis(300);
 
+/// What a node does when a new coordinator (node, epoch) asks it to drop everything:
+/// starts replaying its unconfirmed changes to it, if it has any (true).
+pub type OnTakeover = Arc<dyn Fn(u8, u64) -> bool + Send + Sync>;
+
 /// Both sides of lease recalls for one volume of this node.
 pub struct Recaller {
     label: String,
@@ -36,6 +40,7 @@ pub struct Recaller {
     pub cache: Arc<LeaseCache>,
     pool: StreamPool,
     give_up: Duration,
+    on_takeover: OnceLock<OnTakeover>,
 }
 
 impl Recaller {
@@ -54,7 +59,13 @@ impl Recaller {
             cache,
             pool: StreamPool::new(label, RECALL_SERVICE),
             give_up,
+            on_takeover: OnceLock::new(),
         }
+    }
+
+    /// Sets what this node does when a new coordinator asks it to drop everything.
+    pub fn set_on_takeover(&self, f: OnTakeover) {
+        let _ = self.on_takeover.set(f);
     }
 
     /// Recalls every lease of `recalls` at once; returns when each holder has dropped
@@ -74,15 +85,17 @@ impl Recaller {
         while set.join_next().await.is_some() {}
     }
 
-    /// Has every node drop everything it keeps (a new coordinator does this before it
-    /// serves), waiting [`TAKEOVER_WAIT`] at most for each. Each node also drops
-    /// everything by itself when it sees the epoch change, which it does before the
-    /// takeover ends (it reports its locks to the new coordinator, or is fenced); and
-    /// a node that cannot be reached is dead, or cut off and dropped everything when
-    /// its lock manager lease ran out.
-    pub async fn recall_everything(self: &Arc<Self>, epoch: u64) {
+    /// Has every other node drop everything it keeps (a new coordinator does this
+    /// before it serves; it drops its own cache itself), waiting [`TAKEOVER_WAIT`] at
+    /// most for each; returns the nodes that replay unconfirmed changes to it, which
+    /// it serves before anyone else. Each node also drops everything by itself when it
+    /// sees the epoch change, which it does before the takeover ends (it reports its
+    /// locks to the new coordinator, or is fenced); and a node that cannot be reached
+    /// is dead, or cut off and dropped everything when its lock manager lease ran out
+    /// (and is fenced: what it would replay is lost with it).
+    pub async fn recall_everything(self: &Arc<Self>, epoch: u64) -> Vec<u8> {
         let mut set = tokio::task::JoinSet::new();
-        for node in self.shell.peer_ids().into_iter().chain([self.me]) {
+        for node in self.shell.peer_ids() {
             let me = self.clone();
             let req = RecallRequest {
                 epoch,
@@ -90,42 +103,50 @@ impl Recaller {
                 all: true,
             };
             let until = Instant::now() + TAKEOVER_WAIT;
-            set.spawn(async move { me.recall_from(node, req, until, false).await });
+            set.spawn(async move { (node, me.recall_from(node, req, until, false).await) });
         }
-        while set.join_next().await.is_some() {}
+        let cache = self.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.drop_all()).await;
+        let mut replaying = Vec::new();
+        while let Some(done) = set.join_next().await {
+            if let Ok((node, true)) = done {
+                replaying.push(node);
+            }
+        }
+        replaying
     }
 
-    async fn recall_from(&self, node: u8, req: RecallRequest, until: Instant, again: bool) {
+    /// Recalls `req` from `node` until `until` (asking `again` after failures);
+    /// true when the node answered that it replays unconfirmed changes.
+    async fn recall_from(&self, node: u8, req: RecallRequest, until: Instant, again: bool) -> bool {
         if node == self.me {
             let cache = self.cache.clone();
             let _ = tokio::task::spawn_blocking(move || apply(&cache, &req)).await;
-            return;
+            return false;
         }
         loop {
             let e = match tokio::time::timeout_at(until, self.exchange(node, &req)).await {
-                Ok(Ok(())) => return,
+                Ok(Ok(done)) => return done.replaying,
                 Ok(Err(e)) => e,
                 Err(_) => "no answer".to_string(),
             };
             if !again {
                 debug!(volume = self.label, node, error = %e, "recall not answered; going on");
-                return;
+                return false;
             }
             if Instant::now() + AGAIN >= until {
                 debug!(volume = self.label, node, error = %e, "recall not answered until the lease ran out");
                 tokio::time::sleep_until(until).await;
-                return;
+                return false;
             }
             tokio::time::sleep(AGAIN).await;
         }
     }
 
-    async fn exchange(&self, to: u8, req: &RecallRequest) -> Result<(), String> {
+    async fn exchange(&self, to: u8, req: &RecallRequest) -> Result<RecallDone, String> {
         self.pool
             .exchange(&self.shell, to, &req.encode(), "holder", |bytes| {
-                RecallDone::decode(bytes)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                RecallDone::decode(bytes).map_err(|e| e.to_string())
             })
             .await
     }
@@ -142,12 +163,16 @@ impl Recaller {
                 }
             };
             let epoch = req.epoch;
+            let all = req.all;
             let cache = self.cache.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || apply(&cache, &req)).await {
                 warn!(volume = self.label, error = %e, "recall task failed");
                 return;
             }
-            if stream.send(&RecallDone { epoch }.encode()).await.is_err() {
+            // A new coordinator: replay to it what its predecessor may have lost.
+            let replaying = all && self.on_takeover.get().is_some_and(|f| f(from, epoch));
+            let done = RecallDone { epoch, replaying };
+            if stream.send(&done.encode()).await.is_err() {
                 return;
             }
         }

@@ -14,8 +14,10 @@
 //!   others, sent to the coordinator. While there is no serving coordinator (an
 //!   election, a takeover) calls wait and go again: applications see latency, not
 //!   errors, up to [`PATIENCE`].
-//! - Serving: the coordinator answers other nodes' calls with durable commits, since
-//!   what it acknowledges must survive its own crash.
+//! - Serving: what the coordinator's answer lets another node see is durable, except
+//!   that node's own namespace changes, which it acknowledges early: the node keeps
+//!   them until they are durable and replays them to the next coordinator, which
+//!   serves nobody else until it has ([`super::unconfirmed`]).
 //! - Leases: every answer, its own included, grants the asking node a lease on the
 //!   attributes and entries it names, and a change recalls the other holders' leases
 //!   before it is answered ([`super::leases`], [`super::recall`]); every node keeps
@@ -34,17 +36,20 @@ use parking_lot::RwLock;
 use redirect_io::PathMonitor;
 use tracing::{info, warn};
 
-use super::lease_cache::{LAYOUT_AHEAD, LeaseCache};
+use super::lease_cache::{LAYOUT_AHEAD, LeaseCache, Name};
 use super::leases::{self, LeaseTable, Recall};
 use super::recall::Recaller;
 use super::stream_pool::StreamPool;
+use super::unconfirmed::{Change, MAX_UNCONFIRMED, UnconfirmedLog};
 use super::wire::{
-    MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome, RECALL_SERVICE,
+    MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome, RECALL_SERVICE, Unconfirmed,
 };
 use crate::locks::{Done, RangeLocks};
+use crate::meta::local::{Early, ForNode};
 use crate::meta::{MetaCall, MetaReply, MetaService, local};
 use fuser::Errno;
 use lockmgr::protocol::{RangeOp, Timing};
+use metadata::Inode;
 
 /// How long a call waits for a serving coordinator before it fails with EIO.
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -59,6 +64,52 @@ const RETRY: Duration = Duration::from_millis(50);
 /// up across a whole job; a holder that stops answering is waited for only until its
 /// lock manager lease has surely run out (see [`super::recall`]).
 pub const METADATA_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a new coordinator serves only the nodes that replay unconfirmed changes
+/// (they take milliseconds; a node that has not finished by then has its replay
+/// refused, except for changes the store already has).
+const REPLAY_WINDOW: Duration = Duration::from_secs(5);
+
+/// What came of a call carried out on the store.
+#[derive(Debug)]
+pub enum Answer {
+    /// Done: the answer; `leased`: the asking node holds leases on what it names, and
+    /// on `attrs`.
+    Reply {
+        /// The answer.
+        reply: MetaReply,
+        /// With leases.
+        leased: bool,
+        /// More attributes under lease (a change's directories).
+        attrs: Vec<(u64, Inode)>,
+    },
+    /// A lookup found no such name; `leased`: the asking node holds a lease on its
+    /// absence.
+    Absent {
+        /// The error to return.
+        error: MetaError,
+        /// With a lease.
+        leased: bool,
+    },
+}
+
+/// While a new coordinator serves only the nodes replaying unconfirmed changes.
+struct ReplayWindow {
+    epoch: u64,
+    waiting: Vec<u8>,
+    until: Instant,
+}
+
+/// Whom a coordinator serves now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Admit {
+    /// Not this caller, yet.
+    No,
+    /// Everyone.
+    All,
+    /// A node replaying within the window.
+    Replayer,
+}
 
 /// Counters for status.
 #[derive(Debug, Default)]
@@ -90,6 +141,10 @@ pub struct ClusterVolume {
     /// Lease recalls, both ways, and this node's kernel caches.
     recaller: Arc<Recaller>,
     next_id: AtomicU64,
+    /// This node's changes acknowledged early and not yet durable.
+    pub unconfirmed: Arc<UnconfirmedLog>,
+    /// While this node, a new coordinator, serves only replaying nodes.
+    window: parking_lot::Mutex<Option<ReplayWindow>>,
     /// How long after asking for it this node uses a layout for I/O on the LUN.
     pub layout_use: Duration,
     /// How long the coordinator keeps blocks freed after it handed out a layout.
@@ -135,6 +190,8 @@ impl ClusterVolume {
             // Ids grow over the node's life and past those of its earlier lives
             // (the coordinator keeps answers by id: see metadata::requests).
             next_id: AtomicU64::new(first_request_id()),
+            unconfirmed: Arc::default(),
+            window: parking_lot::Mutex::new(None),
             layout_use: Duration::from_millis(timing.lease),
             layout_life: Duration::from_millis(timing.lease + timing.drain),
             counters: Counters::default(),
@@ -147,6 +204,18 @@ impl ClusterVolume {
                 tokio::spawn(server.clone().serve(from, stream));
             }),
         );
+        let replayer = Arc::downgrade(&v);
+        v.recaller.set_on_takeover(Arc::new(move |to, epoch| {
+            let Some(v) = replayer.upgrade() else {
+                return false;
+            };
+            let changes = v.unconfirmed.take();
+            if changes.is_empty() {
+                return false;
+            }
+            tokio::spawn(v.replay_to(to, epoch, changes));
+            true
+        }));
         let holder = v.recaller.clone();
         shell.services().register(
             label,
@@ -223,15 +292,16 @@ impl ClusterVolume {
     }
 
     /// Carries out `call` for `node` on the store with `exec`, keeping the lease
-    /// table: whether the answer comes with a lease, and the other nodes' leases the
+    /// table: whether the answer comes with leases (and with the attributes of the
+    /// directories a change altered, under lease too), and the other nodes' leases the
     /// change made stale, to recall before it is answered.
     fn carry_out(
         &self,
         vol: &Volume,
         node: u8,
         call: MetaCall,
-        exec: impl FnOnce(&Volume, MetaCall) -> MetaResult<MetaReply>,
-    ) -> MetaResult<(MetaReply, bool, Vec<Recall>)> {
+        exec: impl FnOnce(&Volume, MetaCall) -> MetaResult<(MetaReply, Option<Early>)>,
+    ) -> MetaResult<(Answer, Option<Early>, Vec<Recall>)> {
         let before = self.leases.snapshot();
         let moved: Vec<u64> = leases::moves(&call)
             .into_iter()
@@ -246,24 +316,92 @@ impl ClusterVolume {
                 }
             })
             .collect();
-        let reply = exec(vol, call.clone())?;
-        let granted = leases::granted_by(&call, &reply);
+        let (reply, early) = match exec(vol, call.clone()) {
+            Ok(r) => r,
+            Err(error) if error.errno() == libc::ENOENT => {
+                let MetaCall::Lookup { parent, name } = &call else {
+                    return Err(error);
+                };
+                let key = super::wire::LeaseKey::Entry(*parent, name.clone());
+                let leased = self.leases.grant(node, &before, vec![key]);
+                return Ok((Answer::Absent { error, leased }, None, Vec::new()));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut granted = leases::granted_by(&call, &reply);
+        let mut attrs = Vec::new();
+        if call.changes() {
+            for dir in leases::parents_of(&call) {
+                if let Ok(MetaReply::Inode(i)) = local::execute(vol, MetaCall::Inode { ino: dir }) {
+                    attrs.push((dir, i));
+                    granted.push(super::wire::LeaseKey::Attr(dir));
+                }
+            }
+        }
         let leased = !granted.is_empty() && self.leases.grant(node, &before, granted);
+        if !leased {
+            attrs.clear();
+        }
         let recalls = if call.changes() {
             self.leases
                 .changed(node, &leases::changed_by(&call, &reply, &moved))
         } else {
             Vec::new()
         };
-        Ok((reply, leased, recalls))
+        Ok((
+            Answer::Reply {
+                reply,
+                leased,
+                attrs,
+            },
+            early,
+            recalls,
+        ))
     }
 
-    /// The store, if this node serves the volume now.
-    fn serving_store(&self) -> Option<(u64, Arc<Volume>)> {
+    /// The store, if this node serves the volume now, to everyone (`replay_from`
+    /// `None`) or to a node replaying unconfirmed changes; and whom it serves now.
+    fn serving_store(&self, replay_from: Option<u8>) -> Option<(u64, Arc<Volume>, Admit)> {
         let st = self.handle.status();
-        match &*self.store.read() {
-            Some((epoch, vol)) if st.serving && *epoch == st.epoch => Some((*epoch, vol.clone())),
-            _ => None,
+        let (epoch, vol) = match &*self.store.read() {
+            Some((epoch, vol)) if st.serving && *epoch == st.epoch => (*epoch, vol.clone()),
+            _ => return None,
+        };
+        match self.admits(epoch, replay_from) {
+            Admit::No => None,
+            admit => Some((epoch, vol, admit)),
+        }
+    }
+
+    /// Whom the replay window of `epoch` lets in; closes it once it is over.
+    fn admits(&self, epoch: u64, replay_from: Option<u8>) -> Admit {
+        let mut w = self.window.lock();
+        let Some(win) = &mut *w else {
+            return Admit::All;
+        };
+        if win.epoch == epoch && !win.waiting.is_empty() && Instant::now() < win.until {
+            return match replay_from {
+                Some(n) if win.waiting.contains(&n) => Admit::Replayer,
+                _ => Admit::No,
+            };
+        }
+        if win.epoch == epoch && !win.waiting.is_empty() {
+            warn!(
+                volume = self.label,
+                nodes = ?win.waiting,
+                "serving everyone before these nodes finished replaying the changes the previous coordinator acknowledged; the rest of their replay is refused"
+            );
+        }
+        *w = None;
+        Admit::All
+    }
+
+    /// Node `node` has replayed its unconfirmed changes.
+    fn replay_ended(&self, epoch: u64, node: u8) {
+        if let Some(win) = &mut *self.window.lock()
+            && win.epoch == epoch
+        {
+            win.waiting.retain(|&n| n != node);
         }
     }
 
@@ -280,6 +418,8 @@ impl ClusterVolume {
                 self.leases.clear();
                 let recaller = self.recaller.clone();
                 let epoch = st.epoch;
+                // The other nodes drop what they keep, and say whether they replay
+                // changes the previous coordinator acknowledged early.
                 let dropped = tokio::spawn(async move { recaller.recall_everything(epoch).await });
                 let dev = self.dev.clone();
                 let opts = OpenOptions {
@@ -294,8 +434,24 @@ impl ClusterVolume {
                             epoch = st.epoch,
                             "serving the volume's metadata"
                         );
-                        let _ = dropped.await;
-                        *self.store.write() = Some((st.epoch, Arc::new(vol)));
+                        let vol = Arc::new(vol);
+                        let own = self.unconfirmed.take();
+                        if !own.is_empty() {
+                            let me = self.clone();
+                            let v = vol.clone();
+                            let _ =
+                                tokio::task::spawn_blocking(move || me.replay_here(&v, own)).await;
+                        }
+                        let waiting = dropped.await.unwrap_or_default();
+                        if !waiting.is_empty() {
+                            info!(volume = self.label, nodes = ?waiting, "serving first the nodes that replay changes the previous coordinator acknowledged");
+                        }
+                        *self.window.lock() = Some(ReplayWindow {
+                            epoch: st.epoch,
+                            waiting,
+                            until: Instant::now() + REPLAY_WINDOW,
+                        });
+                        *self.store.write() = Some((st.epoch, vol));
                     }
                     Ok(Err(e)) => {
                         warn!(volume = self.label, error = %e, "cannot open the metadata store; trying again");
@@ -378,45 +534,76 @@ impl ClusterVolume {
                     return;
                 }
             };
-            let resp = MetaResponse {
-                id: req.id,
-                outcome: self.answer(from, req.id, req.call).await,
-            };
+            let resp = self.answer(from, req).await;
             if stream.send(&resp.encode()).await.is_err() {
                 return;
             }
         }
     }
 
-    /// Carries out another node's call, if this node serves the volume; recalls the
-    /// leases its change made stale before answering.
-    async fn answer(self: &Arc<Self>, from: u8, id: u64, call: MetaCall) -> Outcome {
-        let Some((epoch, vol)) = self.serving_store() else {
-            return Outcome::NotCoordinator {
+    /// Carries out another node's request, if this node serves the volume; recalls
+    /// the leases its change made stale before answering.
+    async fn answer(self: &Arc<Self>, from: u8, req: MetaRequest) -> MetaResponse {
+        let mut resp = MetaResponse {
+            id: req.id,
+            outcome: Outcome::NotCoordinator {
                 epoch: self.handle.status().epoch,
-            };
+            },
+            epoch: 0,
+            durable_commits: 0,
+            unconfirmed: None,
         };
+        let Some((epoch, vol, admit)) = self.serving_store(req.replay.then_some(from)) else {
+            return resp;
+        };
+        resp.epoch = epoch;
         if self.handle.status().evicted.contains(&from) {
-            return Outcome::Failed {
+            resp.outcome = Outcome::Failed {
                 errno: libc::EIO,
                 message: format!("node {from} was evicted from the cluster"),
             };
+            return resp;
         }
         self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
-        let me = self.clone();
+        let how = ForNode {
+            durable: req.durable,
+            recorded_only: req.replay && admit != Admit::Replayer,
+        };
+        let replay_end = req.replay && req.call == MetaCall::Sync;
+        let (me, v, id, call) = (self.clone(), vol.clone(), req.id, req.call);
         let done = tokio::task::spawn_blocking(move || {
-            me.carry_out(&vol, from, call, |vol, call| {
-                local::execute_for(vol, from, id, call)
+            me.carry_out(&v, from, call, |vol, call| {
+                local::execute_for(vol, from, id, call, how)
             })
         })
         .await;
-        match done {
-            Ok(Ok((reply, leased, recalls))) => {
+        resp.outcome = match done {
+            Ok(Ok((answer, early, recalls))) => {
                 self.recaller.recall_all(epoch, recalls).await;
-                if leased {
-                    Outcome::Leased(reply)
-                } else {
-                    Outcome::Reply(reply)
+                if replay_end {
+                    self.replay_ended(epoch, from);
+                }
+                resp.unconfirmed = early.map(|e| Unconfirmed {
+                    seq: e.seq,
+                    durable_after: e.durable_after,
+                });
+                match answer {
+                    Answer::Reply {
+                        reply,
+                        leased: true,
+                        attrs,
+                    } => Outcome::Leased { reply, attrs },
+                    Answer::Reply { reply, .. } => Outcome::Reply(reply),
+                    Answer::Absent {
+                        error,
+                        leased: true,
+                    } => Outcome::Absent {
+                        message: error.to_string(),
+                    },
+                    Answer::Absent { error, .. } => Outcome::Failed {
+                        errno: error.errno(),
+                        message: error.to_string(),
+                    },
                 }
             }
             Ok(Err(e)) => Outcome::Failed {
@@ -427,6 +614,110 @@ impl ClusterVolume {
                 errno: libc::EIO,
                 message: format!("the coordinator's worker failed: {e}"),
             },
+        };
+        // Read after the change's own count: a change is never confirmed early.
+        resp.durable_commits = vol.commit_stats().durable_commits;
+        resp
+    }
+
+    /// Replays this node's `changes`, acknowledged early by an earlier coordinator, on
+    /// its own store before it serves (this node is the new coordinator).
+    fn replay_here(&self, vol: &Volume, changes: Vec<Change>) {
+        let n = changes.len();
+        for ch in changes {
+            let how = ForNode::default();
+            match local::execute_for(vol, self.me, ch.id, ch.call.clone(), how) {
+                Ok((reply, _)) => {
+                    if !self.unconfirmed.count_replay(&ch.reply, &reply) {
+                        warn!(volume = self.label, id = ch.id, call = ?ch.call, first = ?ch.reply, again = ?reply, "a replayed change came out differently");
+                    }
+                }
+                Err(e) => self.replay_lost(&ch, &e.to_string()),
+            }
+        }
+        if let Err(e) = vol.sync() {
+            warn!(volume = self.label, error = %e, "committing the replayed changes");
+        }
+        info!(
+            volume = self.label,
+            changes = n,
+            "replayed the changes the previous coordinator had acknowledged"
+        );
+    }
+
+    fn replay_lost(&self, ch: &Change, why: &str) {
+        self.unconfirmed.diverged.fetch_add(1, Ordering::Relaxed);
+        self.unconfirmed.replayed.fetch_add(1, Ordering::Relaxed);
+        warn!(volume = self.label, id = ch.id, call = ?ch.call, error = why, "a change the previous coordinator acknowledged could not be replayed: it is lost");
+    }
+
+    /// Replays `changes`, acknowledged early by an earlier coordinator, to node `to`,
+    /// the coordinator of `epoch`, in the order they were applied; then a durable
+    /// commit, which ends this node's replay there.
+    async fn replay_to(self: Arc<Self>, to: u8, epoch: u64, changes: Vec<Change>) {
+        let deadline = Instant::now() + REPLAY_WINDOW;
+        let n = changes.len();
+        for ch in changes {
+            let req = MetaRequest {
+                id: ch.id,
+                epoch,
+                call: ch.call.clone(),
+                replay: true,
+                durable: false,
+            };
+            match self.replay_one(to, &req, deadline).await {
+                Ok(reply) => {
+                    if !self.unconfirmed.count_replay(&ch.reply, &reply) {
+                        warn!(volume = self.label, id = ch.id, call = ?ch.call, first = ?ch.reply, again = ?reply, "a replayed change came out differently");
+                    }
+                }
+                Err(e) => self.replay_lost(&ch, &e),
+            }
+        }
+        let end = MetaRequest {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            epoch,
+            call: MetaCall::Sync,
+            replay: true,
+            durable: true,
+        };
+        if let Err(e) = self.replay_one(to, &end, deadline).await {
+            warn!(volume = self.label, to, error = e, "ending the replay");
+        }
+        info!(
+            volume = self.label,
+            to,
+            epoch,
+            changes = n,
+            "replayed the changes the previous coordinator had acknowledged"
+        );
+    }
+
+    /// Sends one replayed request until the coordinator takes it (it refuses while
+    /// its store opens) or `deadline`.
+    async fn replay_one(
+        &self,
+        to: u8,
+        req: &MetaRequest,
+        deadline: Instant,
+    ) -> Result<MetaReply, String> {
+        loop {
+            let problem = match tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(to, req)).await
+            {
+                Ok(Ok(resp)) => match resp.outcome {
+                    Outcome::Reply(r) | Outcome::Leased { reply: r, .. } => return Ok(r),
+                    Outcome::Failed { message, .. } | Outcome::Absent { message } => {
+                        return Err(message);
+                    }
+                    Outcome::NotCoordinator { epoch } => format!("not serving yet (epoch {epoch})"),
+                },
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {EXCHANGE_TIMEOUT:?}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("node {to} did not take it in time: {problem}"));
+            }
+            tokio::time::sleep(RETRY).await;
         }
     }
 
@@ -447,25 +738,29 @@ impl ClusterVolume {
     }
 
     /// One exchange with node `to`, on a stream of the pool.
-    async fn exchange(&self, to: u8, req: &MetaRequest) -> Result<Outcome, String> {
+    async fn exchange(&self, to: u8, req: &MetaRequest) -> Result<MetaResponse, String> {
         self.streams
             .exchange(&self.shell, to, &req.encode(), "coordinator", |bytes| {
                 let resp = MetaResponse::decode(bytes).map_err(|e| e.to_string())?;
                 if resp.id != req.id {
                     return Err(format!("answer to request {} for {}", resp.id, req.id));
                 }
-                Ok(resp.outcome)
+                Ok(resp)
             })
             .await
     }
 
     /// An answer from what this node keeps under lease, if it has one.
-    fn kept_answer(&self, call: &MetaCall) -> Option<MetaReply> {
+    fn kept_answer(&self, call: &MetaCall) -> Option<MetaResult<MetaReply>> {
         let cache = &self.recaller.cache;
         let (reply, until) = match call {
-            MetaCall::Lookup { parent, name } => cache
-                .lookup(*parent, name)
-                .map(|(ino, inode, until)| (MetaReply::Entry(ino, inode), until))?,
+            MetaCall::Lookup { parent, name } => match cache.lookup(*parent, name)? {
+                (Name::Is(ino, inode), until) => (MetaReply::Entry(ino, inode), until),
+                (Name::Absent, _) => {
+                    self.counters.cached_calls.fetch_add(1, Ordering::Relaxed);
+                    return Some(Err(MetaError::NotFound));
+                }
+            },
             MetaCall::Inode { ino } => cache
                 .inode(*ino)
                 .map(|(inode, until)| (MetaReply::Inode(inode), until))?,
@@ -476,25 +771,26 @@ impl ClusterVolume {
         };
         self.counters.cached_calls.fetch_add(1, Ordering::Relaxed);
         LeaseCache::note_lease(until);
-        Some(reply)
+        Some(Ok(reply))
     }
 
     /// Carries out `call` on this node's store while it coordinates, else on the
-    /// coordinator's, waiting for one up to [`PATIENCE`]; true with a lease.
-    fn call_coordinator(&self, call: MetaCall) -> MetaResult<(MetaReply, bool)> {
+    /// coordinator's, waiting for one up to [`PATIENCE`].
+    fn call_coordinator(&self, call: MetaCall) -> MetaResult<Answer> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + PATIENCE;
         let mut last_problem = String::from("no coordinator yet");
         loop {
-            if let Some((epoch, vol)) = self.serving_store() {
+            if let Some((epoch, vol, _)) = self.serving_store(None) {
                 self.counters.local_calls.fetch_add(1, Ordering::Relaxed);
-                let (reply, leased, recalls) =
-                    self.carry_out(&vol, self.me, call, local::execute)?;
+                let (answer, _, recalls) = self.carry_out(&vol, self.me, call, |vol, call| {
+                    local::execute(vol, call).map(|r| (r, None))
+                })?;
                 drop(vol);
                 if !recalls.is_empty() {
                     self.rt.block_on(self.recaller.recall_all(epoch, recalls));
                 }
-                return Ok((reply, leased));
+                return Ok(answer);
             }
             let st = self.handle.status();
             if st.role == lockmgr::protocol::Role::Evicted.to_string() {
@@ -511,6 +807,9 @@ impl ClusterVolume {
                     id,
                     epoch: st.epoch,
                     call: call.clone(),
+                    replay: false,
+                    // Enough kept for a failover to replay: make them durable.
+                    durable: self.unconfirmed.len() >= MAX_UNCONFIRMED,
                 };
                 self.counters.remote_calls.fetch_add(1, Ordering::Relaxed);
                 let outcome = self.rt.block_on(async {
@@ -525,9 +824,42 @@ impl ClusterVolume {
                         }
                     }
                 });
+                let outcome = outcome.map(|resp| {
+                    if let (Some(at), Outcome::Reply(reply) | Outcome::Leased { reply, .. }) =
+                        (resp.unconfirmed, &resp.outcome)
+                    {
+                        self.unconfirmed.record(Change {
+                            epoch: resp.epoch,
+                            at,
+                            id,
+                            call: call.clone(),
+                            reply: reply.clone(),
+                        });
+                    }
+                    self.unconfirmed.confirm(resp.epoch, resp.durable_commits);
+                    resp.outcome
+                });
                 match outcome {
-                    Ok(Outcome::Leased(r)) => return Ok((r, true)),
-                    Ok(Outcome::Reply(r)) => return Ok((r, false)),
+                    Ok(Outcome::Leased { reply, attrs }) => {
+                        return Ok(Answer::Reply {
+                            reply,
+                            leased: true,
+                            attrs,
+                        });
+                    }
+                    Ok(Outcome::Reply(reply)) => {
+                        return Ok(Answer::Reply {
+                            reply,
+                            leased: false,
+                            attrs: Vec::new(),
+                        });
+                    }
+                    Ok(Outcome::Absent { message }) => {
+                        return Ok(Answer::Absent {
+                            error: MetaError::from_remote(libc::ENOENT, message),
+                            leased: true,
+                        });
+                    }
                     Ok(Outcome::Failed { errno, message }) => {
                         return Err(MetaError::from_remote(errno, message));
                     }
@@ -570,14 +902,14 @@ impl RangeLocks for ClusterVolume {
 impl MetaService for ClusterVolume {
     fn call(&self, call: MetaCall) -> MetaResult<MetaReply> {
         let cache = &self.recaller.cache;
-        if let Some(reply) = self.kept_answer(&call) {
-            return Ok(reply);
+        if let Some(answer) = self.kept_answer(&call) {
+            return answer;
         }
         let mut before = cache.snapshot();
         let sent = Instant::now();
         let moved: Vec<u64> = leases::moves(&call)
             .into_iter()
-            .filter_map(|(parent, name)| cache.lookup(parent, name).map(|(ino, _, _)| ino))
+            .filter_map(|(parent, name)| cache.inode_of(parent, name))
             .collect();
         // A layout is asked for ahead, to be kept for the next I/O.
         let call = match call {
@@ -588,8 +920,18 @@ impl MetaService for ClusterVolume {
             },
             call => call,
         };
-        let (reply, leased) = match self.call_coordinator(call.clone()) {
-            Ok(r) => r,
+        let (reply, leased, attrs) = match self.call_coordinator(call.clone()) {
+            Ok(Answer::Reply {
+                reply,
+                leased,
+                attrs,
+            }) => (reply, leased, attrs),
+            Ok(Answer::Absent { error, leased }) => {
+                if let (true, MetaCall::Lookup { parent, name }) = (leased, &call) {
+                    cache.keep_absent(&before, sent, *parent, name);
+                }
+                return Err(error);
+            }
             Err(e) => {
                 if call.changes() {
                     // The change may have been applied all the same (an answer lost
@@ -603,10 +945,14 @@ impl MetaService for ClusterVolume {
         if call.changes() {
             // This node's own change: what it kept of the things changed goes (the
             // coordinator recalls only the other nodes).
-            cache.changed_here(&mut before, &leases::changed_by(&call, &reply, &moved));
+            cache.changed_here(
+                &mut before,
+                &leases::changed_by(&call, &reply, &moved),
+                &call,
+            );
         }
         let kept = if leased {
-            cache.keep(&before, sent, &call, &reply)
+            cache.keep(&before, sent, &call, &reply, &attrs)
         } else {
             None
         };
@@ -618,8 +964,13 @@ impl MetaService for ClusterVolume {
     }
 
     fn close(&self) -> MetaResult<()> {
-        match self.serving_store() {
-            Some((_, vol)) => vol.sync(),
+        match self.serving_store(None) {
+            Some((_, vol, _)) => vol.sync(),
+            // What the coordinator acknowledged early must be durable before this
+            // node, which would replay it, goes.
+            None if !self.unconfirmed.is_empty() => {
+                self.call_coordinator(MetaCall::Sync).map(|_| ())
+            }
             None => Ok(()),
         }
     }

@@ -6,6 +6,7 @@
 //! bytes left over, is an error that says so; postcard checks every length against
 //! the bytes present, so a hostile frame cannot make it allocate without bound.
 
+use metadata::Inode;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::{MetaCall, MetaReply};
@@ -29,6 +30,11 @@ pub struct MetaRequest {
     pub epoch: u64,
     /// The operation.
     pub call: MetaCall,
+    /// A change acknowledged by an earlier coordinator and sent again to a new one,
+    /// which serves these first (see [`crate::cluster::unconfirmed`]).
+    pub replay: bool,
+    /// Commit durably before answering (the sender keeps enough unconfirmed changes).
+    pub durable: bool,
 }
 
 /// The coordinator's answer.
@@ -38,6 +44,25 @@ pub struct MetaResponse {
     pub id: u64,
     /// What came of it.
     pub outcome: Outcome,
+    /// The epoch the coordinator answered in.
+    pub epoch: u64,
+    /// The coordinator's count of durable commits when it answered: the asking node's
+    /// unconfirmed changes committed before an earlier count are durable.
+    pub durable_commits: u64,
+    /// A change acknowledged before it is durable: its place in the order in which
+    /// the coordinator applied changes, and the count of durable commits after which
+    /// it is durable (the asking node keeps it until then, to replay it after a
+    /// failover).
+    pub unconfirmed: Option<Unconfirmed>,
+}
+
+/// Where an early-acknowledged change stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unconfirmed {
+    /// The order of application.
+    pub seq: u64,
+    /// Durable once the coordinator's count of durable commits exceeds this.
+    pub durable_after: u64,
 }
 
 /// What came of a request.
@@ -45,10 +70,21 @@ pub struct MetaResponse {
 pub enum Outcome {
     /// Done; the answer.
     Reply(MetaReply),
-    /// Done; the answer, and the asking node holds a lease on what it names: its
-    /// kernel may cache it until the lease runs out or is recalled (see
+    /// Done; the answer, and the asking node holds a lease on what it names, and on
+    /// the attributes `attrs` (a change's directories, as they are after it): it may
+    /// keep them until the lease runs out or is recalled (see
     /// [`crate::cluster::leases`]).
-    Leased(MetaReply),
+    Leased {
+        /// The answer.
+        reply: MetaReply,
+        /// More attributes under lease.
+        attrs: Vec<(u64, Inode)>,
+    },
+    /// A lookup found no such name, and the asking node holds a lease on its absence.
+    Absent {
+        /// The message.
+        message: String,
+    },
     /// The operation failed: its errno and message.
     Failed {
         /// The errno.
@@ -91,6 +127,10 @@ pub struct RecallRequest {
 pub struct RecallDone {
     /// The recall's epoch.
     pub epoch: u64,
+    /// Answering a new coordinator's recall of everything: the holder has changes an
+    /// earlier coordinator acknowledged and may have lost, and replays them now; the
+    /// new coordinator serves nothing else until it has.
+    pub replaying: bool,
 }
 
 /// Why a frame could not be decoded.
@@ -166,10 +206,21 @@ mod tests {
                             symlink: None,
                         },
                     },
+                    replay: true,
+                    durable: false,
                 },
                 MetaResponse {
                     id: 1,
-                    outcome: Outcome::Reply(MetaReply::Entry(7, inode)),
+                    outcome: Outcome::Leased {
+                        reply: MetaReply::Entry(7, inode),
+                        attrs: vec![(1, inode)],
+                    },
+                    epoch: 3,
+                    durable_commits: 41,
+                    unconfirmed: Some(Unconfirmed {
+                        seq: 9,
+                        durable_after: 41,
+                    }),
                 },
             ),
             (
@@ -187,6 +238,8 @@ mod tests {
                             ..AttrChange::default()
                         },
                     },
+                    replay: false,
+                    durable: true,
                 },
                 MetaResponse {
                     id: 2,
@@ -194,6 +247,9 @@ mod tests {
                         errno: libc::EIO,
                         message: "LUN I/O failed".into(),
                     },
+                    epoch: 2,
+                    durable_commits: 0,
+                    unconfirmed: None,
                 },
             ),
             (
@@ -205,6 +261,8 @@ mod tests {
                         from: 0,
                         to: 100,
                     },
+                    replay: false,
+                    durable: false,
                 },
                 MetaResponse {
                     id: 9,
@@ -217,6 +275,9 @@ mod tests {
                             unwritten: true,
                         }],
                     )),
+                    epoch: 2,
+                    durable_commits: u64::MAX,
+                    unconfirmed: None,
                 },
             ),
             (
@@ -224,10 +285,17 @@ mod tests {
                     id: 10,
                     epoch: 4,
                     call: MetaCall::Sync,
+                    replay: false,
+                    durable: false,
                 },
                 MetaResponse {
                     id: 10,
-                    outcome: Outcome::NotCoordinator { epoch: 5 },
+                    outcome: Outcome::Absent {
+                        message: "no such file".into(),
+                    },
+                    epoch: 2,
+                    durable_commits: 3,
+                    unconfirmed: None,
                 },
             ),
         ]
@@ -276,12 +344,18 @@ mod tests {
         for n in 0..b.len() {
             assert!(RecallRequest::decode(&b[..n]).is_err(), "cut at {n}");
         }
-        let d = RecallDone { epoch: 7 };
+        let d = RecallDone {
+            epoch: 7,
+            replaying: true,
+        };
         assert_eq!(RecallDone::decode(&d.encode()).unwrap(), d);
         assert!(RecallDone::decode(&[]).is_err());
         let leased = MetaResponse {
             id: 3,
-            outcome: Outcome::Leased(MetaReply::Done),
+            outcome: Outcome::NotCoordinator { epoch: 5 },
+            epoch: 2,
+            durable_commits: 1,
+            unconfirmed: None,
         };
         assert_eq!(MetaResponse::decode(&leased.encode()).unwrap(), leased);
     }
@@ -292,9 +366,13 @@ mod tests {
         let mut b = MetaResponse {
             id: 1,
             outcome: Outcome::Reply(MetaReply::Entries(vec![])),
+            epoch: 2,
+            durable_commits: 0,
+            unconfirmed: None,
         }
         .encode();
-        b.pop();
+        // Drop the trailer (the count, `None`) and the empty list's length.
+        b.truncate(b.len() - 3);
         b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         assert!(MetaResponse::decode(&b).is_err());
     }

@@ -2,7 +2,9 @@
 //! does for itself, and what a coordinator does for itself and for the other nodes,
 //! all in the same group commit.
 
-use metadata::{Ctx, JobKind, MetaError, MetaResult, Volume};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metadata::{Ctx, JobKind, MetaError, MetaResult, Origin, Volume};
 
 use super::call::{MetaCall, MetaReply};
 
@@ -19,44 +21,126 @@ pub fn execute(vol: &Volume, call: MetaCall) -> MetaResult<MetaReply> {
     }
 }
 
-/// Runs request `id` of another node `node` on `vol`, as its coordinator. The answer
-/// is durable before it returns, and so is everything the other node could see
-/// (what this node's own applications changed): a failover must never lose what
-/// another node was told. A change's answer is recorded with it, and a retry of an
-/// applied change gets that answer instead of applying it again.
-pub fn execute_for(vol: &Volume, node: u8, id: u64, call: MetaCall) -> MetaResult<MetaReply> {
+/// How a coordinator carries out another node's change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForNode {
+    /// Commit durably before answering, even a change that could be acknowledged
+    /// early.
+    pub durable: bool,
+    /// Answer only from the record of an applied change: a replay that came too late
+    /// must not apply a change on top of what others changed since.
+    pub recorded_only: bool,
+}
+
+/// Where a change acknowledged before it was durable stands: its place in the order
+/// in which this process applied other nodes' changes, and the count of durable
+/// commits after which it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Early {
+    /// The order of application.
+    pub seq: u64,
+    /// Durable once the volume's count of durable commits exceeds this.
+    pub durable_after: u64,
+}
+
+/// The order in which this process applied other nodes' changes.
+static APPLIED: AtomicU64 = AtomicU64::new(0);
+
+/// Runs request `id` of another node `node` on `vol`, as its coordinator. What the
+/// answer lets `node` see is durable, unless it is `node`'s own change: a namespace
+/// change of `node` is acknowledged early (with [`Early`]), and `node` keeps it and
+/// replays it after a failover (see `crate::cluster::unconfirmed`; the committer
+/// flushes whenever a change of another origin would sit beside it). A change's
+/// answer is recorded with it, and a retry or replay of an applied change gets that
+/// answer instead of applying it again.
+pub fn execute_for(
+    vol: &Volume,
+    node: u8,
+    id: u64,
+    call: MetaCall,
+    how: ForNode,
+) -> MetaResult<(MetaReply, Option<Early>)> {
     if call.hands_out_layout() {
         vol.layout_given();
     }
+    let origin = Origin::Node(node);
     match call {
-        MetaCall::Sync => vol.sync().map(|()| MetaReply::Done),
+        MetaCall::Sync => vol.sync().map(|()| (MetaReply::Done, None)),
         call if !call.changes() => {
-            if vol.has_unsynced() {
+            let reply = query(vol, call)?;
+            // Checked after the snapshot was taken: anything it saw that is not
+            // durable is pending by now.
+            if vol.has_unsynced_beyond(origin) {
                 vol.sync()?;
             }
-            query(vol, call)
+            Ok((reply, None))
         }
-        call => vol.write(kind_of(&call, true), move |c| {
-            if let Some(bytes) = c.answered(node, id)? {
-                return postcard::from_bytes(&bytes).map_err(|e| {
-                    MetaError::Corrupt(format!(
-                        "recorded answer to request {id} of node {node}: {e}"
-                    ))
-                });
-            }
-            let reply = apply(c, &call)?;
-            let bytes = postcard::to_stdvec(&reply)
-                .map_err(|e| MetaError::Store(format!("encoding an answer: {e}")))?;
-            c.record_answer(node, id, &bytes)?;
-            Ok(reply)
-        }),
+        call => {
+            let early = acknowledged_early(&call) && !how.durable;
+            let kind = JobKind {
+                durable: !early,
+                origin,
+                ..kind_of(&call, false)
+            };
+            let (reply, seq) = vol.write(kind, move |c| {
+                let seq = APPLIED.fetch_add(1, Ordering::Relaxed);
+                if let Some(bytes) = c.answered(node, id)? {
+                    let reply = postcard::from_bytes(&bytes).map_err(|e| {
+                        MetaError::Corrupt(format!(
+                            "recorded answer to request {id} of node {node}: {e}"
+                        ))
+                    })?;
+                    return Ok((reply, seq));
+                }
+                if how.recorded_only {
+                    return Err(MetaError::Remote {
+                        errno: libc::EIO,
+                        message: format!(
+                            "request {id} of node {node}: a replay after the new coordinator began serving, of a change it does not have; not applied"
+                        ),
+                    });
+                }
+                let reply = apply(c, &call)?;
+                let bytes = postcard::to_stdvec(&reply)
+                    .map_err(|e| MetaError::Store(format!("encoding an answer: {e}")))?;
+                c.record_answer(node, id, &bytes)?;
+                Ok((reply, seq))
+            })?;
+            let early = early.then(|| Early {
+                seq,
+                durable_after: vol.commit_stats().durable_commits,
+            });
+            Ok((reply, early))
+        }
     }
+}
+
+/// True for the changes a coordinator may acknowledge before they are durable: those
+/// of the namespace and of attributes, which the asking node can replay on the state
+/// they were first applied to with the same outcome (inode numbers come from a counter
+/// in the store). Changes of file blocks are durable before their answer: the node
+/// writes data into the blocks they name.
+fn acknowledged_early(call: &MetaCall) -> bool {
+    matches!(
+        call,
+        MetaCall::Create { .. }
+            | MetaCall::Link { .. }
+            | MetaCall::Unlink { .. }
+            | MetaCall::Rmdir { .. }
+            | MetaCall::Rename { .. }
+            | MetaCall::SetAttr { .. }
+            | MetaCall::TouchTimes { .. }
+            | MetaCall::SetXattr { .. }
+            | MetaCall::RemoveXattr { .. }
+            | MetaCall::DeleteInode { .. }
+    )
 }
 
 fn kind_of(call: &MetaCall, durable: bool) -> JobKind {
     JobKind {
         frees_space: call.frees_space(),
         durable,
+        ..JobKind::default()
     }
 }
 

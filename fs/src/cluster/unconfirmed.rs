@@ -1,0 +1,166 @@
+//! A node's changes that the coordinator acknowledged before they were durable, kept
+//! until they are, to be replayed to the next coordinator if this one dies first.
+//!
+//! The coordinator answers a namespace change of another node as soon as it is
+//! committed, before the flush (`crate::meta::local::execute_for`), and flushes
+//! whenever a change of any other origin would sit beside it or be seen by another
+//! node. So when the coordinator dies, what it loses of this node's changes was seen
+//! by no other node, and was applied, in the order recorded here, right after the
+//! state that survived: replayed in that order, with the same request ids (an
+//! applied one is answered from the store's record), each comes out as it first
+//! did. The new coordinator serves nobody else until this node has replayed them
+//! (see `super::volume`), so nothing can come in between.
+//!
+//! Each answer says how many durable commits the coordinator has made; a change is
+//! confirmed, and dropped from here, once that count passes the one it came with. A
+//! node keeps at most [`MAX_UNCONFIRMED`]: past that, it asks for a durable commit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::wire::Unconfirmed;
+use crate::meta::{MetaCall, MetaReply};
+
+/// How many unconfirmed changes a node keeps before it asks for a durable commit
+/// (which bounds the replay after a failover).
+pub const MAX_UNCONFIRMED: usize = 256;
+
+/// One acknowledged change not known to be durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The epoch of the coordinator that acknowledged it.
+    pub epoch: u64,
+    /// Where it stands.
+    pub at: Unconfirmed,
+    /// The request id.
+    pub id: u64,
+    /// The change.
+    pub call: MetaCall,
+    /// Its answer.
+    pub reply: MetaReply,
+}
+
+/// This node's unconfirmed changes to one volume.
+#[derive(Debug, Default)]
+pub struct UnconfirmedLog {
+    changes: Mutex<Vec<Change>>,
+    /// Changes replayed since the node started, and of those, how many did not come
+    /// out as they first did.
+    pub replayed: AtomicU64,
+    /// See `replayed`.
+    pub diverged: AtomicU64,
+}
+
+impl UnconfirmedLog {
+    /// Keeps a change acknowledged early.
+    pub fn record(&self, change: Change) {
+        self.changes.lock().push(change);
+    }
+
+    /// The coordinator of `epoch` has made `durable_commits` durable commits: drops
+    /// the changes it has made durable.
+    pub fn confirm(&self, epoch: u64, durable_commits: u64) {
+        let mut c = self.changes.lock();
+        if !c.is_empty() {
+            c.retain(|ch| ch.epoch != epoch || ch.at.durable_after >= durable_commits);
+        }
+    }
+
+    /// How many changes are kept.
+    pub fn len(&self) -> usize {
+        self.changes.lock().len()
+    }
+
+    /// True when none are.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every kept change, in the order the coordinators applied them.
+    pub fn take(&self) -> Vec<Change> {
+        let mut all = std::mem::take(&mut *self.changes.lock());
+        all.sort_by_key(|c| (c.epoch, c.at.seq));
+        all
+    }
+
+    /// Counts one replayed change; true when it came out as it first did.
+    pub fn count_replay(&self, first: &MetaReply, again: &MetaReply) -> bool {
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+        let same = same_outcome(first, again);
+        if !same {
+            self.diverged.fetch_add(1, Ordering::Relaxed);
+        }
+        same
+    }
+}
+
+/// True when a replayed change's answer names the same things as the first answer:
+/// the same inode for a create or an unlink (times may differ).
+pub fn same_outcome(first: &MetaReply, again: &MetaReply) -> bool {
+    match (first, again) {
+        (MetaReply::Entry(a, _), MetaReply::Entry(b, _)) => a == b,
+        (MetaReply::Unlinked(a), MetaReply::Unlinked(b)) => {
+            a.map(|u| (u.ino, u.orphaned)) == b.map(|u| (u.ino, u.orphaned))
+        }
+        (MetaReply::Inode(_), MetaReply::Inode(_)) | (MetaReply::Done, MetaReply::Done) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metadata::{Inode, Unlinked};
+
+    use super::*;
+
+    fn change(epoch: u64, seq: u64, durable_after: u64) -> Change {
+        Change {
+            epoch,
+            at: Unconfirmed { seq, durable_after },
+            id: seq + 100,
+            call: MetaCall::DeleteInode { ino: seq },
+            reply: MetaReply::Done,
+        }
+    }
+
+    #[test]
+    fn changes_go_once_durable_and_replay_in_the_order_applied() {
+        let log = UnconfirmedLog::default();
+        log.record(change(3, 7, 10));
+        log.record(change(3, 5, 10));
+        log.record(change(3, 9, 11));
+        log.record(change(2, 40, 1));
+        // Epoch 3 has made 11 durable commits: those committed before the 11th went.
+        log.confirm(3, 11);
+        assert_eq!(log.len(), 2);
+        let order: Vec<(u64, u64)> = log.take().iter().map(|c| (c.epoch, c.at.seq)).collect();
+        assert_eq!(order, vec![(2, 40), (3, 9)]);
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn a_replay_must_name_the_same_inodes() {
+        let log = UnconfirmedLog::default();
+        let a = MetaReply::Entry(7, Inode::default());
+        let b = MetaReply::Entry(
+            7,
+            Inode {
+                ctime: metadata::Timestamp { secs: 9, nanos: 0 },
+                ..Inode::default()
+            },
+        );
+        assert!(log.count_replay(&a, &b), "times may differ");
+        assert!(!log.count_replay(&a, &MetaReply::Entry(8, Inode::default())));
+        let u = |ino| {
+            MetaReply::Unlinked(Some(Unlinked {
+                ino,
+                orphaned: false,
+            }))
+        };
+        assert!(log.count_replay(&u(4), &u(4)));
+        assert!(!log.count_replay(&u(4), &MetaReply::Unlinked(None)));
+        assert_eq!(log.replayed.load(Ordering::Relaxed), 4);
+        assert_eq!(log.diverged.load(Ordering::Relaxed), 2);
+    }
+}
