@@ -129,6 +129,19 @@ impl Ctx<'_> {
 
     /// Creates a file, directory, symlink or special file.
     pub fn create(&self, parent: u64, name: &[u8], node: &NewNode) -> MetaResult<(u64, Inode)> {
+        self.create_as(parent, name, node, None)
+    }
+
+    /// [`create`](Self::create) with the inode number `pinned` when given (a create
+    /// replayed to a new coordinator gets the number its first answer gave; see
+    /// `csvfs::cluster::unconfirmed`), which must be free.
+    pub fn create_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        node: &NewNode,
+        pinned: Option<u64>,
+    ) -> MetaResult<(u64, Inode)> {
         check_name(name)?;
         let kind =
             FileKind::from_mode(node.mode).ok_or(MetaError::Invalid("mode has no file type"))?;
@@ -150,8 +163,14 @@ impl Ctx<'_> {
                 .get(counter::NEXT_INO)?
                 .map(|v| v.value())
                 .unwrap_or(ROOT_INO + 1);
-            c.insert(counter::NEXT_INO, next + 1)?;
-            next
+            let ino = pinned.unwrap_or(next);
+            if ino <= ROOT_INO || self.txn.open_table(INODES)?.get(ino)?.is_some() {
+                return Err(MetaError::Corrupt(format!(
+                    "inode number {ino} asked for a replayed create is not free"
+                )));
+            }
+            c.insert(counter::NEXT_INO, next.max(ino + 1))?;
+            ino
         };
         let mut mode = node.mode;
         let mut gid = node.gid;

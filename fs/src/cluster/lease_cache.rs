@@ -383,21 +383,26 @@ impl LeaseCache {
 
     /// Drops everything kept.
     pub fn drop_all(&self) {
-        self.changes.bump_all();
-        let in_kernel: Vec<u64> = {
-            let mut k = self.inner.lock();
-            k.entries.clear();
-            k.attrs.clear();
-            k.layouts.clear();
-            k.complete.clear();
-            k.kernel.drain().map(|(ino, _)| ino).collect()
-        };
+        let in_kernel = self.forget_all();
         self.invalidate(&in_kernel);
+    }
+
+    /// Drops everything kept here at once; returns the inodes whose attributes the
+    /// kernel holds, to [`invalidate`](Self::invalidate) (one notice each: thousands
+    /// take a while).
+    pub fn forget_all(&self) -> Vec<u64> {
+        self.changes.bump_all();
+        let mut k = self.inner.lock();
+        k.entries.clear();
+        k.attrs.clear();
+        k.layouts.clear();
+        k.complete.clear();
+        k.kernel.drain().map(|(ino, _)| ino).collect()
     }
 
     /// Tells the kernel to stop trusting the attributes of `inos` (offset -1: the
     /// notice takes no lock and leaves the pages to FUSE_AUTO_INVAL_DATA).
-    fn invalidate(&self, inos: &[u64]) {
+    pub fn invalidate(&self, inos: &[u64]) {
         let Some(n) = self.notifier.get() else {
             return;
         };

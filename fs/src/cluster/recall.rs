@@ -24,8 +24,11 @@ use super::wire::{MAX_FRAME, RECALL_SERVICE, RecallDone, RecallRequest};
 /// How long after a failed recall a holder is asked again.
 const AGAIN: Duration = Duration::from_millis(50);
 
-/// How long a new coordinator waits for each node to drop everything.
-const TAKEOVER_WAIT: Duration = Duration::from_millis(300);
+/// How long a new coordinator waits for each node it has not fenced to drop
+/// everything (and to say whether it replays changes): a live node answers at once
+/// unless starved of CPU; a dead node's link fails at once, and the node that died as
+/// coordinator is fenced and not asked.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// What a node does when a new coordinator (node, epoch) asks it to drop everything:
 /// starts replaying its unconfirmed changes to it, if it has any (true).
@@ -85,17 +88,20 @@ impl Recaller {
         while set.join_next().await.is_some() {}
     }
 
-    /// Has every other node drop everything it keeps (a new coordinator does this
-    /// before it serves; it drops its own cache itself), waiting [`TAKEOVER_WAIT`] at
-    /// most for each; returns the nodes that replay unconfirmed changes to it, which
+    /// Has every other node but the `fenced` drop everything it keeps (a new
+    /// coordinator does this before it serves; it drops its own cache itself),
+    /// waiting [`TAKEOVER_WAIT`] at most for each; returns the nodes that replay unconfirmed changes to it, which
     /// it serves before anyone else. Each node also drops everything by itself when it
     /// sees the epoch change, which it does before the takeover ends (it reports its
     /// locks to the new coordinator, or is fenced); and a node that cannot be reached
     /// is dead, or cut off and dropped everything when its lock manager lease ran out
     /// (and is fenced: what it would replay is lost with it).
-    pub async fn recall_everything(self: &Arc<Self>, epoch: u64) -> Vec<u8> {
+    pub async fn recall_everything(self: &Arc<Self>, epoch: u64, fenced: &[u8]) -> Vec<u8> {
         let mut set = tokio::task::JoinSet::new();
         for node in self.shell.peer_ids() {
+            if fenced.contains(&node) {
+                continue;
+            }
             let me = self.clone();
             let req = RecallRequest {
                 epoch,
@@ -163,15 +169,30 @@ impl Recaller {
                 }
             };
             let epoch = req.epoch;
-            let all = req.all;
             let cache = self.cache.clone();
+            if req.all {
+                // A new coordinator, which waits only briefly for each node: what
+                // this node keeps goes at once, the replay of what the predecessor
+                // may have lost starts, the answer goes; then the kernel's attributes
+                // (a notice per inode: seconds for many thousands).
+                let in_kernel = cache.forget_all();
+                let replaying = self.on_takeover.get().is_some_and(|f| f(from, epoch));
+                let done = RecallDone { epoch, replaying };
+                let sent = stream.send(&done.encode()).await;
+                let _ = tokio::task::spawn_blocking(move || cache.invalidate(&in_kernel)).await;
+                if sent.is_err() {
+                    return;
+                }
+                continue;
+            }
             if let Err(e) = tokio::task::spawn_blocking(move || apply(&cache, &req)).await {
                 warn!(volume = self.label, error = %e, "recall task failed");
                 return;
             }
-            // A new coordinator: replay to it what its predecessor may have lost.
-            let replaying = all && self.on_takeover.get().is_some_and(|f| f(from, epoch));
-            let done = RecallDone { epoch, replaying };
+            let done = RecallDone {
+                epoch,
+                replaying: false,
+            };
             if stream.send(&done.encode()).await.is_err() {
                 return;
             }

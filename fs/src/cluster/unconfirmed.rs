@@ -41,6 +41,16 @@ pub struct Change {
     pub reply: MetaReply,
 }
 
+impl Change {
+    /// For a create: the inode number its first answer gave, which a replay keeps.
+    pub fn pinned_ino(&self) -> Option<u64> {
+        match (&self.call, &self.reply) {
+            (MetaCall::Create { .. }, MetaReply::Entry(ino, _)) => Some(*ino),
+            _ => None,
+        }
+    }
+}
+
 /// This node's unconfirmed changes to one volume.
 #[derive(Debug, Default)]
 pub struct UnconfirmedLog {
@@ -75,6 +85,11 @@ impl UnconfirmedLog {
     /// True when none are.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// True when a kept change was acknowledged under an epoch before `epoch`.
+    pub fn has_before(&self, epoch: u64) -> bool {
+        self.changes.lock().iter().any(|c| c.epoch < epoch)
     }
 
     /// Takes every kept change, in the order the coordinators applied them.

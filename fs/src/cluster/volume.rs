@@ -70,6 +70,10 @@ pub const METADATA_LEASE: Duration = Duration::from_secs(60);
 /// refused, except for changes the store already has).
 const REPLAY_WINDOW: Duration = Duration::from_secs(5);
 
+/// How long a node that keeps changes of an earlier epoch waits for the new
+/// coordinator's recall before it replays them unasked.
+const RECALL_GRACE: Duration = Duration::from_secs(2);
+
 /// What came of a call carried out on the store.
 #[derive(Debug)]
 pub enum Answer {
@@ -145,6 +149,13 @@ pub struct ClusterVolume {
     pub unconfirmed: Arc<UnconfirmedLog>,
     /// While this node, a new coordinator, serves only replaying nodes.
     window: parking_lot::Mutex<Option<ReplayWindow>>,
+    /// While this node replays its unconfirmed changes to a new coordinator: its
+    /// other calls wait, so that none overtakes the replay.
+    replaying: std::sync::atomic::AtomicBool,
+    /// Since when this node keeps changes of an earlier epoch, unreplayed.
+    stale_since: parking_lot::Mutex<Option<Instant>>,
+    /// This volume, for tasks a call starts.
+    this: std::sync::OnceLock<std::sync::Weak<ClusterVolume>>,
     /// How long after asking for it this node uses a layout for I/O on the LUN.
     pub layout_use: Duration,
     /// How long the coordinator keeps blocks freed after it handed out a layout.
@@ -192,6 +203,9 @@ impl ClusterVolume {
             next_id: AtomicU64::new(first_request_id()),
             unconfirmed: Arc::default(),
             window: parking_lot::Mutex::new(None),
+            replaying: std::sync::atomic::AtomicBool::new(false),
+            stale_since: parking_lot::Mutex::new(None),
+            this: std::sync::OnceLock::new(),
             layout_use: Duration::from_millis(timing.lease),
             layout_life: Duration::from_millis(timing.lease + timing.drain),
             counters: Counters::default(),
@@ -204,17 +218,13 @@ impl ClusterVolume {
                 tokio::spawn(server.clone().serve(from, stream));
             }),
         );
+        let _ = v.this.set(Arc::downgrade(&v));
         let replayer = Arc::downgrade(&v);
         v.recaller.set_on_takeover(Arc::new(move |to, epoch| {
             let Some(v) = replayer.upgrade() else {
                 return false;
             };
-            let changes = v.unconfirmed.take();
-            if changes.is_empty() {
-                return false;
-            }
-            tokio::spawn(v.replay_to(to, epoch, changes));
-            true
+            v.start_replay(to, epoch)
         }));
         let holder = v.recaller.clone();
         shell.services().register(
@@ -418,9 +428,13 @@ impl ClusterVolume {
                 self.leases.clear();
                 let recaller = self.recaller.clone();
                 let epoch = st.epoch;
+                // Fenced nodes (the coordinator that died among them) are not asked:
+                // they can neither answer nor replay.
+                let fenced: Vec<u8> = st.refused.iter().map(|&(n, _)| n).collect();
                 // The other nodes drop what they keep, and say whether they replay
                 // changes the previous coordinator acknowledged early.
-                let dropped = tokio::spawn(async move { recaller.recall_everything(epoch).await });
+                let dropped =
+                    tokio::spawn(async move { recaller.recall_everything(epoch, &fenced).await });
                 let dev = self.dev.clone();
                 let opts = OpenOptions {
                     keep_orphans: true,
@@ -568,6 +582,7 @@ impl ClusterVolume {
         let how = ForNode {
             durable: req.durable,
             recorded_only: req.replay && admit != Admit::Replayer,
+            pinned_ino: req.pinned_ino.filter(|_| req.replay),
         };
         let replay_end = req.replay && req.call == MetaCall::Sync;
         let (me, v, id, call) = (self.clone(), vol.clone(), req.id, req.call);
@@ -625,7 +640,10 @@ impl ClusterVolume {
     fn replay_here(&self, vol: &Volume, changes: Vec<Change>) {
         let n = changes.len();
         for ch in changes {
-            let how = ForNode::default();
+            let how = ForNode {
+                pinned_ino: ch.pinned_ino(),
+                ..ForNode::default()
+            };
             match local::execute_for(vol, self.me, ch.id, ch.call.clone(), how) {
                 Ok((reply, _)) => {
                     if !self.unconfirmed.count_replay(&ch.reply, &reply) {
@@ -664,6 +682,7 @@ impl ClusterVolume {
                 call: ch.call.clone(),
                 replay: true,
                 durable: false,
+                pinned_ino: ch.pinned_ino(),
             };
             match self.replay_one(to, &req, deadline).await {
                 Ok(reply) => {
@@ -680,10 +699,12 @@ impl ClusterVolume {
             call: MetaCall::Sync,
             replay: true,
             durable: true,
+            pinned_ino: None,
         };
         if let Err(e) = self.replay_one(to, &end, deadline).await {
             warn!(volume = self.label, to, error = e, "ending the replay");
         }
+        self.replaying.store(false, Ordering::SeqCst);
         info!(
             volume = self.label,
             to,
@@ -691,6 +712,49 @@ impl ClusterVolume {
             changes = n,
             "replayed the changes the previous coordinator had acknowledged"
         );
+    }
+
+    /// Starts replaying this node's unconfirmed changes to `to`, the new coordinator of
+    /// `epoch`, unless a replay runs already; true when one runs (the new coordinator
+    /// then serves this node's replay before anyone else).
+    fn start_replay(self: Arc<Self>, to: u8, epoch: u64) -> bool {
+        if self.replaying.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        let changes = self.unconfirmed.take();
+        if changes.is_empty() {
+            self.replaying.store(false, Ordering::SeqCst);
+            return false;
+        }
+        self.rt.spawn(self.clone().replay_to(to, epoch, changes));
+        true
+    }
+
+    /// True while this node's calls to `c`, the coordinator of `epoch`, must wait for
+    /// a replay: one runs, or this node keeps changes acknowledged under an earlier
+    /// epoch (the new coordinator's recall starts their replay; if none came within
+    /// [`RECALL_GRACE`], this node starts it itself).
+    fn replay_first(&self, c: u8, epoch: u64) -> bool {
+        if self.replaying.load(Ordering::SeqCst) {
+            return true;
+        }
+        if !self.unconfirmed.has_before(epoch) {
+            *self.stale_since.lock() = None;
+            return false;
+        }
+        let since = *self.stale_since.lock().get_or_insert_with(Instant::now);
+        if since.elapsed() >= RECALL_GRACE
+            && let Some(me) = self.this.get().and_then(std::sync::Weak::upgrade)
+        {
+            warn!(
+                volume = self.label,
+                coordinator = c,
+                epoch,
+                "no recall from the new coordinator; replaying the changes its predecessor acknowledged unasked"
+            );
+            me.start_replay(c, epoch);
+        }
+        true
     }
 
     /// Sends one replayed request until the coordinator takes it (it refuses while
@@ -780,11 +844,18 @@ impl ClusterVolume {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + PATIENCE;
         let mut last_problem = String::from("no coordinator yet");
+        // Sent to another coordinator once: it may have applied it, and this node
+        // may be its successor, which must then answer from the record.
+        let mut sent = false;
         loop {
             if let Some((epoch, vol, _)) = self.serving_store(None) {
                 self.counters.local_calls.fetch_add(1, Ordering::Relaxed);
                 let (answer, _, recalls) = self.carry_out(&vol, self.me, call, |vol, call| {
-                    local::execute(vol, call).map(|r| (r, None))
+                    if sent {
+                        local::execute_for(vol, self.me, id, call, ForNode::default())
+                    } else {
+                        local::execute(vol, call).map(|r| (r, None))
+                    }
                 })?;
                 drop(vol);
                 if !recalls.is_empty() {
@@ -802,7 +873,8 @@ impl ClusterVolume {
                     ),
                 });
             }
-            if let Some(c) = st.coordinator.filter(|&c| c != self.me) {
+            let replay_first = |c: u8| self.replay_first(c, st.epoch);
+            if let Some(c) = st.coordinator.filter(|&c| c != self.me && !replay_first(c)) {
                 let req = MetaRequest {
                     id,
                     epoch: st.epoch,
@@ -810,8 +882,10 @@ impl ClusterVolume {
                     replay: false,
                     // Enough kept for a failover to replay: make them durable.
                     durable: self.unconfirmed.len() >= MAX_UNCONFIRMED,
+                    pinned_ino: None,
                 };
                 self.counters.remote_calls.fetch_add(1, Ordering::Relaxed);
+                sent = true;
                 let outcome = self.rt.block_on(async {
                     tokio::select! {
                         r = tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(c, &req)) => {

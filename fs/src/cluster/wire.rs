@@ -35,6 +35,10 @@ pub struct MetaRequest {
     pub replay: bool,
     /// Commit durably before answering (the sender keeps enough unconfirmed changes).
     pub durable: bool,
+    /// A replayed create: the inode number its first answer gave, which it keeps
+    /// (changes whose answers were lost to the failover may have taken numbers
+    /// before it the first time; they are sent again after the replay).
+    pub pinned_ino: Option<u64>,
 }
 
 /// The coordinator's answer.
@@ -208,6 +212,7 @@ mod tests {
                     },
                     replay: true,
                     durable: false,
+                    pinned_ino: Some(7),
                 },
                 MetaResponse {
                     id: 1,
@@ -240,6 +245,7 @@ mod tests {
                     },
                     replay: false,
                     durable: true,
+                    pinned_ino: None,
                 },
                 MetaResponse {
                     id: 2,
@@ -263,6 +269,7 @@ mod tests {
                     },
                     replay: false,
                     durable: false,
+                    pinned_ino: None,
                 },
                 MetaResponse {
                     id: 9,
@@ -287,6 +294,7 @@ mod tests {
                     call: MetaCall::Sync,
                     replay: false,
                     durable: false,
+                    pinned_ino: None,
                 },
                 MetaResponse {
                     id: 10,

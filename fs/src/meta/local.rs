@@ -17,7 +17,7 @@ pub fn execute(vol: &Volume, call: MetaCall) -> MetaResult<MetaReply> {
     match call {
         MetaCall::Sync => vol.sync().map(|()| MetaReply::Done),
         call if !call.changes() => query(vol, call),
-        call => vol.write(kind_of(&call, false), move |c| apply(c, &call)),
+        call => vol.write(kind_of(&call, false), move |c| apply(c, &call, None)),
     }
 }
 
@@ -30,6 +30,8 @@ pub struct ForNode {
     /// Answer only from the record of an applied change: a replay that came too late
     /// must not apply a change on top of what others changed since.
     pub recorded_only: bool,
+    /// A replayed create: the inode number its first answer gave.
+    pub pinned_ino: Option<u64>,
 }
 
 /// Where a change acknowledged before it was durable stands: its place in the order
@@ -100,7 +102,7 @@ pub fn execute_for(
                         ),
                     });
                 }
-                let reply = apply(c, &call)?;
+                let reply = apply(c, &call, how.pinned_ino)?;
                 let bytes = postcard::to_stdvec(&reply)
                     .map_err(|e| MetaError::Store(format!("encoding an answer: {e}")))?;
                 c.record_answer(node, id, &bytes)?;
@@ -144,11 +146,12 @@ fn kind_of(call: &MetaCall, durable: bool) -> JobKind {
     }
 }
 
-/// Applies a change inside a write transaction.
-fn apply(c: &Ctx<'_>, call: &MetaCall) -> MetaResult<MetaReply> {
+/// Applies a change inside a write transaction; a create gets inode number `pinned`
+/// when given.
+fn apply(c: &Ctx<'_>, call: &MetaCall, pinned: Option<u64>) -> MetaResult<MetaReply> {
     Ok(match call {
         MetaCall::Create { parent, name, node } => {
-            let (ino, inode) = c.create(*parent, name, node)?;
+            let (ino, inode) = c.create_as(*parent, name, node, pinned)?;
             MetaReply::Entry(ino, inode)
         }
         MetaCall::Link { ino, parent, name } => MetaReply::Inode(c.link(*ino, *parent, name)?),
