@@ -310,7 +310,7 @@ impl Shared {
     /// Commits batches until the queue is empty.
     fn lead(&self) {
         loop {
-            let (batch, durable) = {
+            let (batch, durable, was_dirty) = {
                 let mut q = self.queue.lock();
                 if q.jobs.is_empty() {
                     q.leading = false;
@@ -318,6 +318,7 @@ impl Shared {
                 }
                 let n = q.jobs.len().min(MAX_BATCH);
                 let batch: Vec<Box<dyn Job>> = q.jobs.drain(..n).collect();
+                let was_dirty = q.dirty_since.is_some();
                 let due = q.dirty_since.is_some_and(|t| t.elapsed() >= self.interval);
                 let durable =
                     due || batch.iter().any(|j| j.durable()) || mixes_origins(&q.pending, &batch);
@@ -331,7 +332,7 @@ impl Shared {
                     }
                     q.dirty_since.get_or_insert_with(Instant::now);
                 }
-                (batch, durable)
+                (batch, durable, was_dirty)
             };
             let jobs = batch.len() as u64;
             let origins: Vec<Origin> = batch.iter().map(|j| j.origin()).collect();
@@ -359,7 +360,10 @@ impl Shared {
                         q.pending.push(j);
                     }
                 }
-                self.wake_timer.notify_all();
+                // The timer learns once that changes wait (not at every commit).
+                if !was_dirty {
+                    self.wake_timer.notify_all();
+                }
             }
         }
     }

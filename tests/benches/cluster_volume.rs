@@ -12,7 +12,8 @@
 //!   rounds.
 //!
 //! Run it with tools/bench-cluster (it builds the binaries first). ROUNDS (default 5),
-//! COUNT (default 10,000), READ_MB (default 256).
+//! COUNT (default 10,000), READ_MB (default 256), META_ROUNDS (turns of the metadata
+//! rates on each node, default 3; medians).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -105,6 +106,7 @@ fn main() {
     let rounds = env_number("ROUNDS", 5) as usize;
     let count = env_number("COUNT", 10_000);
     let read_mb = env_number("READ_MB", 256);
+    let meta_rounds = env_number("META_ROUNDS", 3) as usize;
     let s = Scratch::new();
     let (_t, mut c) = Cluster::on_tgtd(&s, 3, LABEL, (read_mb + 512) << 20);
     let (coord, mut status) = c.wait_for_coordinator(&[0, 1, 2], 0, LIMIT);
@@ -141,12 +143,25 @@ fn main() {
                 .and_then(|v| v.io)
                 .map_or(0, |io| io.metadata_calls)
         };
-        let a = metadata_rates(&mounts[coord], "coordinator", count, threads, &|| {
-            calls(coord)
-        });
-        let b = metadata_rates(&mounts[follower], "follower", count, threads, &|| {
-            calls(follower)
-        });
+        // Coordinator and follower take turns, META_ROUNDS each: the machine is
+        // noisy, medians compare.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for r in 0..meta_rounds {
+            a.push(metadata_rates(
+                &mounts[coord],
+                &format!("coordinator-{r}"),
+                count,
+                threads,
+                &|| calls(coord),
+            ));
+            b.push(metadata_rates(
+                &mounts[follower],
+                &format!("follower-{r}"),
+                count,
+                threads,
+                &|| calls(follower),
+            ));
+        }
         meta.push((threads, a, b));
     }
 
@@ -180,13 +195,13 @@ fn main() {
     );
     for (threads, a, b) in meta {
         for (k, what) in ["create", "stat", "unlink"].iter().enumerate() {
+            let rates = |v: &[[(f64, f64); 3]]| v.iter().map(|r| r[k].0).collect::<Vec<_>>();
+            let (ra, rb) = (median(rates(&a)), median(rates(&b)));
+            let calls = median(b.iter().map(|r| r[k].1).collect());
             println!(
-                "| {what} {count} files, {threads} thread{} | {:.0}/s | {:.0}/s | {:.2} | {:.2} | 1 |",
+                "| {what} {count} files, {threads} thread{} | {ra:.0}/s | {rb:.0}/s | {:.2} | {calls:.2} | {meta_rounds} |",
                 if threads > 1 { "s" } else { "" },
-                a[k].0,
-                b[k].0,
-                b[k].0 / a[k].0,
-                b[k].1
+                rb / ra,
             );
         }
     }
