@@ -733,14 +733,18 @@ impl ClusterVolume {
     /// True while this node's calls to `c`, the coordinator of `epoch`, must wait for
     /// a replay: one runs, or this node keeps changes acknowledged under an earlier
     /// epoch (the new coordinator's recall starts their replay; if none came within
-    /// [`RECALL_GRACE`], this node starts it itself).
-    fn replay_first(&self, c: u8, epoch: u64) -> bool {
+    /// [`RECALL_GRACE`] of the coordinator `serving`, this node starts it itself).
+    fn replay_first(&self, c: u8, epoch: u64, serving: bool) -> bool {
         if self.replaying.load(Ordering::SeqCst) {
             return true;
         }
         if !self.unconfirmed.has_before(epoch) {
             *self.stale_since.lock() = None;
             return false;
+        }
+        if !serving {
+            *self.stale_since.lock() = None;
+            return true;
         }
         let since = *self.stale_since.lock().get_or_insert_with(Instant::now);
         if since.elapsed() >= RECALL_GRACE
@@ -873,7 +877,7 @@ impl ClusterVolume {
                     ),
                 });
             }
-            let replay_first = |c: u8| self.replay_first(c, st.epoch);
+            let replay_first = |c: u8| self.replay_first(c, st.epoch, st.coordinator_serving);
             if let Some(c) = st.coordinator.filter(|&c| c != self.me && !replay_first(c)) {
                 let req = MetaRequest {
                     id,
