@@ -644,29 +644,37 @@ impl ClusterVolume {
                 pinned_ino: ch.pinned_ino(),
                 ..ForNode::default()
             };
-            match local::execute_for(vol, self.me, ch.id, ch.call.clone(), how) {
-                Ok((reply, _)) => {
-                    if !self.unconfirmed.count_replay(&ch.reply, &reply) {
-                        warn!(volume = self.label, id = ch.id, call = ?ch.call, first = ?ch.reply, again = ?reply, "a replayed change came out differently");
-                    }
-                }
-                Err(e) => self.replay_lost(&ch, &e.to_string()),
-            }
+            let again = local::execute_for(vol, self.me, ch.id, ch.call.clone(), how);
+            self.replayed(
+                &ch,
+                again.map(|(reply, _)| reply).map_err(|e| e.to_string()),
+            );
         }
         if let Err(e) = vol.sync() {
             warn!(volume = self.label, error = %e, "committing the replayed changes");
         }
         info!(
             volume = self.label,
+            to = self.me,
             changes = n,
             "replayed the changes the previous coordinator had acknowledged"
         );
     }
 
-    fn replay_lost(&self, ch: &Change, why: &str) {
-        self.unconfirmed.diverged.fetch_add(1, Ordering::Relaxed);
-        self.unconfirmed.replayed.fetch_add(1, Ordering::Relaxed);
-        warn!(volume = self.label, id = ch.id, call = ?ch.call, error = why, "a change the previous coordinator acknowledged could not be replayed: it is lost");
+    /// Counts and logs what came of replaying `ch`: its answer again, or why not.
+    fn replayed(&self, ch: &Change, again: Result<MetaReply, String>) {
+        match again {
+            Ok(reply) => {
+                if !self.unconfirmed.count_replay(&ch.reply, &reply) {
+                    warn!(volume = self.label, id = ch.id, call = ?ch.call, first = ?ch.reply, again = ?reply, "a replayed change came out differently");
+                }
+            }
+            Err(why) => {
+                self.unconfirmed.diverged.fetch_add(1, Ordering::Relaxed);
+                self.unconfirmed.replayed.fetch_add(1, Ordering::Relaxed);
+                warn!(volume = self.label, id = ch.id, call = ?ch.call, error = why, "a change the previous coordinator acknowledged could not be replayed: it is lost");
+            }
+        }
     }
 
     /// Replays `changes`, acknowledged early by an earlier coordinator, to node `to`,
@@ -684,14 +692,8 @@ impl ClusterVolume {
                 durable: false,
                 pinned_ino: ch.pinned_ino(),
             };
-            match self.replay_one(to, &req, deadline).await {
-                Ok(reply) => {
-                    if !self.unconfirmed.count_replay(&ch.reply, &reply) {
-                        warn!(volume = self.label, id = ch.id, call = ?ch.call, first = ?ch.reply, again = ?reply, "a replayed change came out differently");
-                    }
-                }
-                Err(e) => self.replay_lost(&ch, &e),
-            }
+            let again = self.replay_one(to, &req, deadline).await;
+            self.replayed(&ch, again);
         }
         let end = MetaRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
