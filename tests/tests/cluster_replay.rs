@@ -51,24 +51,28 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// The number of changes a node's log says it replayed, and its warnings about them.
-fn replays_in(log: &Path) -> (u64, Vec<String>) {
+/// The number of changes a node's log says it replayed, the milliseconds it took,
+/// and its warnings about them.
+fn replays_in(log: &Path) -> (u64, u64, Vec<String>) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut replayed = 0;
+    let (mut replayed, mut ms) = (0, 0);
     let mut trouble = Vec::new();
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     for line in text.lines() {
         if line.contains("replayed the changes the previous coordinator had acknowledged") {
-            replayed += line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("changes="))
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
+            replayed += field(line, "changes=");
+            ms += field(line, "ms=");
         }
         if line.contains("could not be replayed") || line.contains("came out differently") {
             trouble.push(line.to_string());
         }
     }
-    (replayed, trouble)
+    (replayed, ms, trouble)
 }
 
 #[test]
@@ -138,9 +142,9 @@ fn changes_acknowledged_early_are_replayed_after_kill_9_of_the_coordinator() {
             );
         }
     }
-    let (replayed, trouble) = replays_in(&c.nodes[runner].log);
+    let (replayed, ms, trouble) = replays_in(&c.nodes[runner].log);
     println!(
-        "{}: {total} names as expected on {} and {}; {replayed} changes replayed to the new coordinator",
+        "{}: {total} names as expected on {} and {}; {replayed} changes replayed to the new coordinator in {ms} ms",
         c.nodes[runner].name, c.nodes[runner].name, c.nodes[watcher].name
     );
     assert!(

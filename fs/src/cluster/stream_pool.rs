@@ -62,15 +62,41 @@ impl StreamPool {
         peer: &str,
         read: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<T, String> {
+        let mut read = Some(read);
+        let mut answer = None;
+        self.exchange_until(shell, to, frame, peer, |bytes| {
+            let read = read.take().ok_or("a second answer")?;
+            answer = Some(read(bytes)?);
+            Ok(true)
+        })
+        .await?;
+        answer.ok_or_else(|| format!("the {peer} sent no answer"))
+    }
+
+    /// Sends `frame` to `to` on a stream of the pool and reads answer frames through
+    /// `read` until it says the answer is whole; the stream goes back to the pool
+    /// only then.
+    pub async fn exchange_until(
+        &self,
+        shell: &Shell,
+        to: u8,
+        frame: &[u8],
+        peer: &str,
+        mut read: impl FnMut(&[u8]) -> Result<bool, String>,
+    ) -> Result<(), String> {
         let mut stream = self.take(shell, to).await?;
         stream.send(frame).await.map_err(|e| e.to_string())?;
-        let bytes = stream
-            .recv()
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the {peer} closed the stream without an answer"))?;
-        let answer = read(&bytes)?;
+        loop {
+            let bytes = stream
+                .recv()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("the {peer} closed the stream without an answer"))?;
+            if read(&bytes)? {
+                break;
+            }
+        }
         self.put(to, stream);
-        Ok(answer)
+        Ok(())
     }
 }

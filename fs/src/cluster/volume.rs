@@ -42,7 +42,8 @@ use super::recall::Recaller;
 use super::stream_pool::StreamPool;
 use super::unconfirmed::{Change, MAX_UNCONFIRMED, UnconfirmedLog};
 use super::wire::{
-    MAX_FRAME, METADATA_SERVICE, MetaRequest, MetaResponse, Outcome, RECALL_SERVICE, Unconfirmed,
+    MAX_BATCH, MAX_FRAME, METADATA_SERVICE, MetaAnswers, MetaBatch, MetaRequest, MetaResponse,
+    Outcome, RECALL_SERVICE, Unconfirmed, frame_of,
 };
 use crate::locks::{Done, RangeLocks};
 use crate::meta::local::{Early, ForNode};
@@ -541,103 +542,141 @@ impl ClusterVolume {
     async fn serve(self: Arc<Self>, from: u8, mut stream: FramedStream) {
         stream.set_max_frame_len(MAX_FRAME);
         while let Ok(Some(bytes)) = stream.recv().await {
-            let req = match MetaRequest::decode(&bytes) {
-                Ok(r) => r,
+            let batch = match MetaBatch::decode_checked(&bytes) {
+                Ok(b) => b,
                 Err(e) => {
                     warn!(volume = self.label, from, error = %e, "refusing a request; closing its stream");
                     return;
                 }
             };
-            let resp = self.answer(from, req).await;
-            if stream.send(&resp.encode()).await.is_err() {
+            if self
+                .answer(from, batch.requests, &mut stream)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     }
 
-    /// Carries out another node's request, if this node serves the volume; recalls
-    /// the leases its change made stale before answering.
-    async fn answer(self: &Arc<Self>, from: u8, req: MetaRequest) -> MetaResponse {
-        let mut resp = MetaResponse {
-            id: req.id,
-            outcome: Outcome::NotCoordinator {
-                epoch: self.handle.status().epoch,
-            },
-            epoch: 0,
-            durable_commits: 0,
-            unconfirmed: None,
-        };
-        let Some((epoch, vol, admit)) = self.serving_store(req.replay.then_some(from)) else {
-            return resp;
-        };
-        resp.epoch = epoch;
-        if self.handle.status().evicted.contains(&from) {
-            resp.outcome = Outcome::Failed {
-                errno: libc::EIO,
-                message: format!("node {from} was evicted from the cluster"),
+    /// Carries out a batch of another node's requests in order, if this node serves
+    /// the volume, and answers them: in one frame those whose changes made no other
+    /// node's lease stale, then each of the others once its recalls are done. Once one
+    /// request of a batch is refused (this node does not serve, or not yet this
+    /// node's replay), so are the rest: the node sends them again in their order.
+    async fn answer(
+        self: &Arc<Self>,
+        from: u8,
+        reqs: Vec<MetaRequest>,
+        stream: &mut FramedStream,
+    ) -> Result<(), String> {
+        let mut ready = Vec::new();
+        let mut run = Vec::new();
+        let mut refused = false;
+        for req in reqs {
+            let serving = if refused {
+                None
+            } else {
+                self.serving_store(req.replay.then_some(from))
             };
-            return resp;
+            let Some((epoch, vol, admit)) = serving else {
+                refused = true;
+                let epoch = self.handle.status().epoch;
+                ready.push(response(req.id, 0, Outcome::NotCoordinator { epoch }).encode());
+                continue;
+            };
+            if self.handle.status().evicted.contains(&from) {
+                let outcome = Outcome::Failed {
+                    errno: libc::EIO,
+                    message: format!("node {from} was evicted from the cluster"),
+                };
+                ready.push(response(req.id, epoch, outcome).encode());
+                continue;
+            }
+            self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
+            let how = ForNode {
+                durable: req.durable,
+                recorded_only: req.replay && admit != Admit::Replayer,
+                pinned_ino: req.pinned_ino.filter(|_| req.replay),
+            };
+            run.push((req, epoch, vol, how));
         }
-        self.counters.served_calls.fetch_add(1, Ordering::Relaxed);
-        let how = ForNode {
-            durable: req.durable,
-            recorded_only: req.replay && admit != Admit::Replayer,
-            pinned_ino: req.pinned_ino.filter(|_| req.replay),
-        };
-        let replay_end = req.replay && req.call == MetaCall::Sync;
-        let (me, v, id, call) = (self.clone(), vol.clone(), req.id, req.call);
+        let me = self.clone();
+        let ids: Vec<(u64, u64)> = run.iter().map(|(r, e, ..)| (r.id, *e)).collect();
         let done = tokio::task::spawn_blocking(move || {
-            me.carry_out(&v, from, call, |vol, call| {
-                local::execute_for(vol, from, id, call, how)
-            })
+            run.into_iter()
+                .map(|(req, epoch, vol, how)| {
+                    let replay_end = req.replay && req.call == MetaCall::Sync;
+                    let (id, call) = (req.id, req.call);
+                    let r = me.carry_out(&vol, from, call, |vol, call| {
+                        local::execute_for(vol, from, id, call, how)
+                    });
+                    // Read after the change's own count: a change is never confirmed
+                    // early.
+                    let durable_commits = vol.commit_stats().durable_commits;
+                    (id, epoch, r, durable_commits, replay_end)
+                })
+                .collect::<Vec<_>>()
         })
         .await;
-        resp.outcome = match done {
-            Ok(Ok((answer, early, recalls))) => {
-                self.recaller.recall_all(epoch, recalls).await;
-                if replay_end {
-                    self.replay_ended(epoch, from);
-                }
-                resp.unconfirmed = early.map(|e| Unconfirmed {
-                    seq: e.seq,
-                    durable_after: e.durable_after,
-                });
-                match answer {
-                    Answer::Reply {
-                        reply,
-                        leased: true,
-                        attrs,
-                    } => Outcome::Leased { reply, attrs },
-                    Answer::Reply { reply, .. } => Outcome::Reply(reply),
-                    Answer::Absent {
-                        error,
-                        leased: true,
-                    } => Outcome::Absent {
-                        message: error.to_string(),
-                    },
-                    Answer::Absent { error, .. } => Outcome::Failed {
-                        errno: error.errno(),
-                        message: error.to_string(),
-                    },
+        let mut recalling = tokio::task::JoinSet::new();
+        match done {
+            Ok(done) => {
+                for (id, epoch, r, durable_commits, replay_end) in done {
+                    let mut resp = response(id, epoch, Outcome::NotCoordinator { epoch });
+                    resp.durable_commits = durable_commits;
+                    match r {
+                        Ok((answer, early, recalls)) => {
+                            resp.unconfirmed = early.map(|e| Unconfirmed {
+                                seq: e.seq,
+                                durable_after: e.durable_after,
+                            });
+                            resp.outcome = outcome_of(answer);
+                            if recalls.is_empty() && !replay_end {
+                                ready.push(resp.encode());
+                                continue;
+                            }
+                            let me = self.clone();
+                            recalling.spawn(async move {
+                                me.recaller.recall_all(epoch, recalls).await;
+                                if replay_end {
+                                    me.replay_ended(epoch, from);
+                                }
+                                resp.encode()
+                            });
+                        }
+                        Err(e) => {
+                            resp.outcome = Outcome::Failed {
+                                errno: e.errno(),
+                                message: e.to_string(),
+                            };
+                            ready.push(resp.encode());
+                        }
+                    }
                 }
             }
-            Ok(Err(e)) => Outcome::Failed {
-                errno: e.errno(),
-                message: e.to_string(),
-            },
-            Err(e) => Outcome::Failed {
-                errno: libc::EIO,
-                message: format!("the coordinator's worker failed: {e}"),
-            },
-        };
-        // Read after the change's own count: a change is never confirmed early.
-        resp.durable_commits = vol.commit_stats().durable_commits;
-        resp
+            Err(e) => {
+                for (id, epoch) in ids {
+                    let outcome = Outcome::Failed {
+                        errno: libc::EIO,
+                        message: format!("the coordinator's worker failed: {e}"),
+                    };
+                    ready.push(response(id, epoch, outcome).encode());
+                }
+            }
+        }
+        send_answers(stream, ready).await?;
+        while let Some(r) = recalling.join_next().await {
+            let resp = r.map_err(|e| format!("a recall task failed: {e}"))?;
+            send_answers(stream, vec![resp]).await?;
+        }
+        Ok(())
     }
 
     /// Replays this node's `changes`, acknowledged early by an earlier coordinator, on
     /// its own store before it serves (this node is the new coordinator).
     fn replay_here(&self, vol: &Volume, changes: Vec<Change>) {
+        let started = Instant::now();
         let n = changes.len();
         for ch in changes {
             let how = ForNode {
@@ -657,6 +696,7 @@ impl ClusterVolume {
             volume = self.label,
             to = self.me,
             changes = n,
+            ms = started.elapsed().as_millis() as u64,
             "replayed the changes the previous coordinator had acknowledged"
         );
     }
@@ -678,22 +718,29 @@ impl ClusterVolume {
     }
 
     /// Replays `changes`, acknowledged early by an earlier coordinator, to node `to`,
-    /// the coordinator of `epoch`, in the order they were applied; then a durable
-    /// commit, which ends this node's replay there.
+    /// the coordinator of `epoch`, in the order they were applied (in batches, which
+    /// the coordinator carries out in order); then a durable commit, which ends this
+    /// node's replay there.
     async fn replay_to(self: Arc<Self>, to: u8, epoch: u64, changes: Vec<Change>) {
-        let deadline = Instant::now() + REPLAY_WINDOW;
+        let started = Instant::now();
+        let deadline = started + REPLAY_WINDOW;
         let n = changes.len();
-        for ch in changes {
-            let req = MetaRequest {
-                id: ch.id,
-                epoch,
-                call: ch.call.clone(),
-                replay: true,
-                durable: false,
-                pinned_ino: ch.pinned_ino(),
-            };
-            let again = self.replay_one(to, &req, deadline).await;
-            self.replayed(&ch, again);
+        for chunk in changes.chunks(MAX_BATCH) {
+            let reqs: Vec<MetaRequest> = chunk
+                .iter()
+                .map(|ch| MetaRequest {
+                    id: ch.id,
+                    epoch,
+                    call: ch.call.clone(),
+                    replay: true,
+                    durable: false,
+                    pinned_ino: ch.pinned_ino(),
+                })
+                .collect();
+            let again = self.replay_batch(to, reqs, deadline).await;
+            for (ch, again) in chunk.iter().zip(again) {
+                self.replayed(ch, again);
+            }
         }
         let end = MetaRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -703,7 +750,7 @@ impl ClusterVolume {
             durable: true,
             pinned_ino: None,
         };
-        if let Err(e) = self.replay_one(to, &end, deadline).await {
+        if let Some(Err(e)) = self.replay_batch(to, vec![end], deadline).await.pop() {
             warn!(volume = self.label, to, error = e, "ending the replay");
         }
         self.replaying.store(false, Ordering::SeqCst);
@@ -712,6 +759,7 @@ impl ClusterVolume {
             to,
             epoch,
             changes = n,
+            ms = started.elapsed().as_millis() as u64,
             "replayed the changes the previous coordinator had acknowledged"
         );
     }
@@ -763,32 +811,50 @@ impl ClusterVolume {
         true
     }
 
-    /// Sends one replayed request until the coordinator takes it (it refuses while
-    /// its store opens) or `deadline`.
-    async fn replay_one(
+    /// Sends a batch of replayed requests until the coordinator has taken them all
+    /// (it refuses while its store opens, and then the rest of a batch, which goes
+    /// again from the first refused) or `deadline`; what came of each, in order.
+    async fn replay_batch(
         &self,
         to: u8,
-        req: &MetaRequest,
+        reqs: Vec<MetaRequest>,
         deadline: Instant,
-    ) -> Result<MetaReply, String> {
-        loop {
-            let problem = match tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(to, req)).await
-            {
-                Ok(Ok(resp)) => match resp.outcome {
-                    Outcome::Reply(r) | Outcome::Leased { reply: r, .. } => return Ok(r),
-                    Outcome::Failed { message, .. } | Outcome::Absent { message } => {
-                        return Err(message);
+    ) -> Vec<Result<MetaReply, String>> {
+        let mut done = Vec::with_capacity(reqs.len());
+        while done.len() < reqs.len() {
+            let rest = &reqs[done.len()..];
+            let problem =
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(to, rest)).await {
+                    Ok(Ok(resps)) => {
+                        let mut refused = None;
+                        for resp in resps {
+                            done.push(match resp.outcome {
+                                Outcome::Reply(r) | Outcome::Leased { reply: r, .. } => Ok(r),
+                                Outcome::Failed { message, .. } | Outcome::Absent { message } => {
+                                    Err(message)
+                                }
+                                Outcome::NotCoordinator { epoch } => {
+                                    refused = Some(format!("not serving yet (epoch {epoch})"));
+                                    break;
+                                }
+                            });
+                        }
+                        match refused {
+                            Some(why) => why,
+                            None => continue,
+                        }
                     }
-                    Outcome::NotCoordinator { epoch } => format!("not serving yet (epoch {epoch})"),
-                },
-                Ok(Err(e)) => e,
-                Err(_) => format!("no answer within {EXCHANGE_TIMEOUT:?}"),
-            };
+                    Ok(Err(e)) => e,
+                    Err(_) => format!("no answer within {EXCHANGE_TIMEOUT:?}"),
+                };
             if Instant::now() >= deadline {
-                return Err(format!("node {to} did not take it in time: {problem}"));
+                let why = format!("node {to} did not take it in time: {problem}");
+                done.resize(reqs.len(), Err(why));
+                break;
             }
             tokio::time::sleep(RETRY).await;
         }
+        done
     }
 
     /// Returns once the volume's coordinator is no longer node `c` of `epoch`.
@@ -807,17 +873,39 @@ impl ClusterVolume {
         }
     }
 
-    /// One exchange with node `to`, on a stream of the pool.
-    async fn exchange(&self, to: u8, req: &MetaRequest) -> Result<MetaResponse, String> {
+    /// Sends `reqs` to node `to` in one batch, on a stream of the pool; their
+    /// responses, in the batch's order.
+    async fn exchange(&self, to: u8, reqs: &[MetaRequest]) -> Result<Vec<MetaResponse>, String> {
+        let frames: Vec<Vec<u8>> = reqs.iter().map(MetaRequest::encode).collect();
+        let mut got: Vec<Option<MetaResponse>> = vec![None; reqs.len()];
+        let mut missing = reqs.len();
         self.streams
-            .exchange(&self.shell, to, &req.encode(), "coordinator", |bytes| {
-                let resp = MetaResponse::decode(bytes).map_err(|e| e.to_string())?;
-                if resp.id != req.id {
-                    return Err(format!("answer to request {} for {}", resp.id, req.id));
-                }
-                Ok(resp)
-            })
-            .await
+            .exchange_until(
+                &self.shell,
+                to,
+                &frame_of(&frames),
+                "coordinator",
+                |bytes| {
+                    let answers = MetaAnswers::decode(bytes).map_err(|e| e.to_string())?;
+                    for resp in answers.responses {
+                        let i = reqs.iter().position(|r| r.id == resp.id).ok_or_else(|| {
+                            format!("an answer to request {}, which was not asked", resp.id)
+                        })?;
+                        if got[i].replace(resp).is_none() {
+                            missing -= 1;
+                        }
+                    }
+                    Ok(missing == 0)
+                },
+            )
+            .await?;
+        Ok(got.into_iter().flatten().collect())
+    }
+
+    /// Sends one request to node `to`; its response.
+    async fn exchange_one(&self, to: u8, req: &MetaRequest) -> Result<MetaResponse, String> {
+        let mut r = self.exchange(to, std::slice::from_ref(req)).await?;
+        r.pop().ok_or_else(|| "no answer".to_string())
     }
 
     /// An answer from what this node keeps under lease, if it has one.
@@ -894,7 +982,7 @@ impl ClusterVolume {
                 sent = true;
                 let outcome = self.rt.block_on(async {
                     tokio::select! {
-                        r = tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(c, &req)) => {
+                        r = tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange_one(c, &req)) => {
                             r.unwrap_or_else(|_| Err(format!("no answer within {EXCHANGE_TIMEOUT:?}")))
                         }
                         // A dead coordinator never answers: go to its successor as soon
@@ -961,6 +1049,63 @@ impl ClusterVolume {
             std::thread::sleep(RETRY);
         }
     }
+}
+
+/// A response to request `id` in `epoch`, before its counts.
+fn response(id: u64, epoch: u64, outcome: Outcome) -> MetaResponse {
+    MetaResponse {
+        id,
+        outcome,
+        epoch,
+        durable_commits: 0,
+        unconfirmed: None,
+    }
+}
+
+/// What an answer of the store tells the asking node.
+fn outcome_of(answer: Answer) -> Outcome {
+    match answer {
+        Answer::Reply {
+            reply,
+            leased: true,
+            attrs,
+        } => Outcome::Leased { reply, attrs },
+        Answer::Reply { reply, .. } => Outcome::Reply(reply),
+        Answer::Absent {
+            error,
+            leased: true,
+        } => Outcome::Absent {
+            message: error.to_string(),
+        },
+        Answer::Absent { error, .. } => Outcome::Failed {
+            errno: error.errno(),
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Sends `responses` (encoded) on `stream`, in as many frames as they need.
+async fn send_answers(stream: &mut FramedStream, responses: Vec<Vec<u8>>) -> Result<(), String> {
+    let mut frame: Vec<Vec<u8>> = Vec::new();
+    let mut bytes = 0;
+    for r in responses {
+        if !frame.is_empty() && bytes + r.len() > MAX_FRAME / 2 {
+            stream
+                .send(&frame_of(&frame))
+                .await
+                .map_err(|e| e.to_string())?;
+            (frame, bytes) = (Vec::new(), 0);
+        }
+        bytes += r.len();
+        frame.push(r);
+    }
+    if !frame.is_empty() {
+        stream
+            .send(&frame_of(&frame))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The first request id of this process: the clock in ms, shifted past the ids one

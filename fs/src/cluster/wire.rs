@@ -1,6 +1,9 @@
 //! The metadata service's frames between a node and its volume's coordinator, in
-//! postcard (serde's compact binary form). A request and its response travel on a
-//! stream of their own, after the `Service` frame of the lock manager's links.
+//! postcard (serde's compact binary form). Requests travel in batches
+//! ([`MetaBatch`], see [`crate::cluster::batcher`]) on a stream of their own, after the
+//! `Service` frame of the lock manager's links; the coordinator answers a batch with
+//! one or more [`MetaAnswers`] frames on the same stream, until every request of it
+//! has its response.
 //!
 //! The decoders take nothing on trust: a frame that does not decode in full, or with
 //! bytes left over, is an error that says so; postcard checks every length against
@@ -20,6 +23,24 @@ pub const RECALL_SERVICE: u8 = 4;
 /// The largest metadata frame (a directory batch, an xattr of 64 KiB, a long extent
 /// list).
 pub const MAX_FRAME: usize = 4 << 20;
+
+/// Most requests one batch may hold.
+pub const MAX_BATCH: usize = 64;
+
+/// Requests of one node sent together; the coordinator carries them out in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaBatch {
+    /// The requests, at most [`MAX_BATCH`].
+    pub requests: Vec<MetaRequest>,
+}
+
+/// Responses to requests of one batch, each naming its request by id: those whose
+/// answers wait for lease recalls come in a later frame than the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaAnswers {
+    /// The responses.
+    pub responses: Vec<MetaResponse>,
+}
 
 /// One metadata operation of one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,7 +201,46 @@ macro_rules! frame {
     )*};
 }
 
-frame!(MetaRequest, MetaResponse, RecallRequest, RecallDone);
+frame!(
+    MetaRequest,
+    MetaResponse,
+    MetaBatch,
+    MetaAnswers,
+    RecallRequest,
+    RecallDone
+);
+
+/// The bytes of a frame of many items (a [`MetaBatch`] of requests, or
+/// [`MetaAnswers`]) from the items' own encodings: postcard writes a sequence as its
+/// length (a varint) and then its items, so items encoded once, to learn their size,
+/// need not be encoded again.
+pub fn frame_of(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + items.iter().map(Vec::len).sum::<usize>());
+    let mut n = items.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    for i in items {
+        out.extend_from_slice(i);
+    }
+    out
+}
+
+impl MetaBatch {
+    /// Decodes a batch and checks its size.
+    pub fn decode_checked(bytes: &[u8]) -> Result<MetaBatch, FrameError> {
+        let b = MetaBatch::decode(bytes)?;
+        match b.requests.len() {
+            0 => Err(FrameError("a batch without requests".into())),
+            n if n > MAX_BATCH => Err(FrameError(format!(
+                "a batch of {n} requests, more than the {MAX_BATCH} allowed"
+            ))),
+            _ => Ok(b),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -315,6 +375,40 @@ mod tests {
             assert_eq!(MetaRequest::decode(&req.encode()).unwrap(), req);
             assert_eq!(MetaResponse::decode(&resp.encode()).unwrap(), resp);
         }
+    }
+
+    #[test]
+    fn batches_round_trip_and_their_size_is_checked() {
+        let (reqs, resps): (Vec<_>, Vec<_>) = samples().into_iter().unzip();
+        let batch = MetaBatch { requests: reqs };
+        let bytes = batch.encode();
+        assert_eq!(MetaBatch::decode_checked(&bytes).unwrap(), batch);
+        for n in 0..bytes.len() {
+            assert!(MetaBatch::decode(&bytes[..n]).is_err(), "batch cut at {n}");
+        }
+        let answers = MetaAnswers { responses: resps };
+        assert_eq!(MetaAnswers::decode(&answers.encode()).unwrap(), answers);
+        // Built from the items' own encodings, the same bytes.
+        let items: Vec<Vec<u8>> = batch.requests.iter().map(MetaRequest::encode).collect();
+        assert_eq!(frame_of(&items), bytes);
+        let items: Vec<Vec<u8>> = answers.responses.iter().map(MetaResponse::encode).collect();
+        assert_eq!(frame_of(&items), answers.encode());
+        // A count over one varint byte.
+        let many = MetaAnswers {
+            responses: vec![answers.responses[0].clone(); 300],
+        };
+        let items: Vec<Vec<u8>> = many.responses.iter().map(MetaResponse::encode).collect();
+        assert_eq!(frame_of(&items), many.encode());
+        let empty = MetaBatch { requests: vec![] }.encode();
+        let e = MetaBatch::decode_checked(&empty).unwrap_err();
+        assert!(e.to_string().contains("without requests"), "{e}");
+        let one = batch.requests[0].clone();
+        let big = MetaBatch {
+            requests: vec![one; MAX_BATCH + 1],
+        }
+        .encode();
+        let e = MetaBatch::decode_checked(&big).unwrap_err();
+        assert!(e.to_string().contains("more than the 64"), "{e}");
     }
 
     #[test]
