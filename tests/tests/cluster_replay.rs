@@ -156,6 +156,15 @@ fn changes_acknowledged_early_are_replayed_after_kill_9_of_the_coordinator() {
         replayed > 0,
         "the follower had no unconfirmed changes to replay at the kill: the test did not exercise the replay"
     );
+    let io = c
+        .volume_status(runner)
+        .and_then(|v| v.io)
+        .expect("the follower's volume status");
+    assert_eq!(
+        (io.replayed, io.replay_diverged),
+        (replayed, 0),
+        "csvctl volume status counts the replay as the log does"
+    );
 
     for n in &mut c.nodes {
         n.stop();

@@ -254,7 +254,7 @@ fn print_table(config: &Path, volumes: &[VolumeLine]) {
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default();
                 println!(
-                    "  {:<12}        {}{reason}: {} bytes direct, {} redirected; metadata calls: {} sent, {} local, {} served; {} commits of {} changes",
+                    "  {:<12}        {}{reason}: {} bytes direct, {} redirected; metadata calls: {} sent, {} local, {} served; {} commits of {} changes; {} changes acknowledged and not yet durable, {} replayed ({} lost or different)",
                     "",
                     io.state,
                     io.bytes_direct,
@@ -263,7 +263,10 @@ fn print_table(config: &Path, volumes: &[VolumeLine]) {
                     io.local_calls,
                     io.served_calls,
                     io.commits,
-                    io.committed_changes
+                    io.committed_changes,
+                    io.unconfirmed,
+                    io.replayed,
+                    io.replay_diverged
                 );
             }
         }

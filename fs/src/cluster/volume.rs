@@ -265,6 +265,9 @@ impl ClusterVolume {
                     metadata_calls: calls.as_ref().map_or(0, |v| c(&v.counters.remote_calls)),
                     local_calls: calls.as_ref().map_or(0, |v| c(&v.counters.local_calls)),
                     served_calls: calls.as_ref().map_or(0, |v| c(&v.counters.served_calls)),
+                    unconfirmed: calls.as_ref().map_or(0, |v| v.unconfirmed.len() as u64),
+                    replayed: calls.as_ref().map_or(0, |v| c(&v.unconfirmed.replayed)),
+                    replay_diverged: calls.as_ref().map_or(0, |v| c(&v.unconfirmed.diverged)),
                 }
             }),
         );

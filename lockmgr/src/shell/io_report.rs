@@ -32,6 +32,17 @@ pub struct IoReport {
     /// Changes in those commits.
     #[serde(default)]
     pub committed_changes: u64,
+    /// This node's changes the coordinator acknowledged before they were durable, kept
+    /// to be replayed if it dies before they are.
+    #[serde(default)]
+    pub unconfirmed: u64,
+    /// Such changes replayed to a new coordinator since the daemon started.
+    #[serde(default)]
+    pub replayed: u64,
+    /// Of those, the ones that could not be replayed or came out differently (each is
+    /// in the log).
+    #[serde(default)]
+    pub replay_diverged: u64,
 }
 
 /// Produces a volume's report on demand.
