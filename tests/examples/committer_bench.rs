@@ -37,6 +37,35 @@ fn main() {
         n as f64 / e.as_secs_f64(),
         e / n
     );
+    // As a coordinator carries out another node's create: the answer looked up by
+    // request id first, and recorded with the change.
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let name = format!("r{i}").into_bytes();
+        let node = NewNode {
+            mode: libc::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        let id = (1u64 << 40) + i as u64;
+        vol.write(JobKind::default(), move |c| {
+            if c.answered(2, id)?.is_some() {
+                return Ok(());
+            }
+            c.create(ROOT_INO, &name, &node)?;
+            // About the size of a create's encoded answer.
+            c.record_answer(2, id, &[7u8; 96])
+        })
+        .unwrap();
+    }
+    let e = t.elapsed();
+    println!(
+        "{} recorded creates/s via committer ({:?} each)",
+        n as f64 / e.as_secs_f64(),
+        e / n
+    );
     let t = std::time::Instant::now();
     for _ in 0..n {
         vol.write(JobKind::default(), |_c| Ok(())).unwrap();
