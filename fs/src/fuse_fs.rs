@@ -447,27 +447,24 @@ impl Filesystem for CsvFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.meta.unlink(parent.0, name.as_bytes()) {
+        // A last link of a file this node does not have open: its inode goes with the
+        // name, in the same change, before the answer, as a local file system's would.
+        // (The inode is named: if the name meant another by the time the change runs,
+        // that one stays, and goes when the kernel forgets it.)
+        let delete = self
+            .meta
+            .lookup(parent.0, name.as_bytes())
+            .ok()
+            .map(|(ino, _)| ino)
+            .filter(|&ino| !self.inodes.is_open(ino));
+        match self.meta.unlink(parent.0, name.as_bytes(), delete) {
             Ok(u) => {
-                // A last link of a file this node does not have open: its inode goes
-                // before the answer, as a local file system's would.
-                let deleted = match u {
-                    Some(u) if u.orphaned && !self.inodes.is_open(u.ino) => {
-                        match self.meta.delete_inode(u.ino) {
-                            Ok(()) => {
-                                self.inodes.deleted(u.ino);
-                                true
-                            }
-                            Err(e) => {
-                                tracing::error!(ino = u.ino, error = %e, "cannot delete an unlinked inode; it stays an orphan");
-                                false
-                            }
-                        }
-                    }
-                    _ => false,
-                };
+                let deleted = u.filter(|u| u.orphaned && delete == Some(u.ino));
+                if let Some(u) = deleted {
+                    self.inodes.deleted(u.ino);
+                }
                 reply.ok();
-                if !deleted {
+                if deleted.is_none() {
                     self.after_unlink(u);
                 }
             }

@@ -327,7 +327,7 @@ impl LeaseCache {
                 MetaCall::Create { parent, name, .. } | MetaCall::Link { parent, name, .. } => {
                     names(*parent, name, true)
                 }
-                MetaCall::Unlink { parent, name } | MetaCall::Rmdir { parent, name } => {
+                MetaCall::Unlink { parent, name, .. } | MetaCall::Rmdir { parent, name } => {
                     names(*parent, name, false)
                 }
                 MetaCall::Rename {

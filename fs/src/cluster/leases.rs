@@ -175,7 +175,7 @@ pub fn changed_by(call: &MetaCall, reply: &MetaReply, moved: &[u64]) -> Vec<Leas
             LeaseKey::Attr(*ino),
             LeaseKey::Attr(*parent),
         ],
-        MetaCall::Unlink { parent, name } | MetaCall::Rmdir { parent, name } => vec![
+        MetaCall::Unlink { parent, name, .. } | MetaCall::Rmdir { parent, name } => vec![
             LeaseKey::Entry(*parent, name.clone()),
             LeaseKey::Attr(*parent),
         ],
@@ -240,7 +240,7 @@ pub fn moves(call: &MetaCall) -> Vec<(u64, &[u8])> {
             (*parent, name.as_slice()),
             (*new_parent, new_name.as_slice()),
         ],
-        MetaCall::Unlink { parent, name } | MetaCall::Rmdir { parent, name } => {
+        MetaCall::Unlink { parent, name, .. } | MetaCall::Rmdir { parent, name } => {
             vec![(*parent, name.as_slice())]
         }
         _ => Vec::new(),
@@ -290,6 +290,7 @@ mod tests {
         let unlink = MetaCall::Unlink {
             parent: 1,
             name: b"a".to_vec(),
+            delete: None,
         };
         t.changed(3, &changed_by(&unlink, &MetaReply::Unlinked(None), &[]));
         let keys = granted_by(&lookup(1, b"a"), &MetaReply::Entry(7, Inode::default()));

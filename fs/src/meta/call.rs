@@ -39,8 +39,13 @@ pub enum MetaCall {
         parent: u64,
         name: Vec<u8>,
     },
-    /// Removes a name of a non-directory.
-    Unlink { parent: u64, name: Vec<u8> },
+    /// Removes a name of a non-directory; when it was the last link of inode `delete`,
+    /// that inode goes too, in the same change (the caller does not have it open).
+    Unlink {
+        parent: u64,
+        name: Vec<u8>,
+        delete: Option<u64>,
+    },
     /// Removes an empty directory.
     Rmdir { parent: u64, name: Vec<u8> },
     /// rename(2) with its flags.

@@ -155,7 +155,17 @@ fn apply(c: &Ctx<'_>, call: &MetaCall, pinned: Option<u64>) -> MetaResult<MetaRe
             MetaReply::Entry(ino, inode)
         }
         MetaCall::Link { ino, parent, name } => MetaReply::Inode(c.link(*ino, *parent, name)?),
-        MetaCall::Unlink { parent, name } => MetaReply::Unlinked(Some(c.unlink(*parent, name)?)),
+        MetaCall::Unlink {
+            parent,
+            name,
+            delete,
+        } => {
+            let u = c.unlink(*parent, name)?;
+            if u.orphaned && *delete == Some(u.ino) {
+                c.delete_inode(u.ino)?;
+            }
+            MetaReply::Unlinked(Some(u))
+        }
         MetaCall::Rmdir { parent, name } => MetaReply::Unlinked(Some(c.rmdir(*parent, name)?)),
         MetaCall::Rename {
             parent,

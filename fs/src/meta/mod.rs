@@ -179,11 +179,18 @@ impl Meta {
         })
     }
 
-    /// Removes a name of a non-directory.
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> MetaResult<Option<Unlinked>> {
+    /// Removes a name of a non-directory; when it was the last link of inode
+    /// `delete`, that inode goes too (see [`MetaCall::Unlink`]).
+    pub fn unlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        delete: Option<u64>,
+    ) -> MetaResult<Option<Unlinked>> {
         self.unlinked_of(MetaCall::Unlink {
             parent,
             name: name.to_vec(),
+            delete,
         })
     }
 
