@@ -626,36 +626,40 @@ impl ClusterVolume {
         match done {
             Ok(done) => {
                 for (id, epoch, r, durable_commits, replay_end) in done {
-                    let mut resp = response(id, epoch, Outcome::NotCoordinator { epoch });
-                    resp.durable_commits = durable_commits;
-                    match r {
+                    let (outcome, early, recalls, replay_end) = match r {
                         Ok((answer, early, recalls)) => {
-                            resp.unconfirmed = early.map(|e| Unconfirmed {
-                                seq: e.seq,
-                                durable_after: e.durable_after,
-                            });
-                            resp.outcome = outcome_of(answer);
-                            if recalls.is_empty() && !replay_end {
-                                ready.push(resp.encode());
-                                continue;
-                            }
-                            let me = self.clone();
-                            recalling.spawn(async move {
-                                me.recaller.recall_all(epoch, recalls).await;
-                                if replay_end {
-                                    me.replay_ended(epoch, from);
-                                }
-                                resp.encode()
-                            });
+                            (outcome_of(answer), early, recalls, replay_end)
                         }
                         Err(e) => {
-                            resp.outcome = Outcome::Failed {
+                            let outcome = Outcome::Failed {
                                 errno: e.errno(),
                                 message: e.to_string(),
                             };
-                            ready.push(resp.encode());
+                            (outcome, None, Vec::new(), false)
                         }
+                    };
+                    let resp = MetaResponse {
+                        id,
+                        outcome,
+                        epoch,
+                        durable_commits,
+                        unconfirmed: early.map(|e| Unconfirmed {
+                            seq: e.seq,
+                            durable_after: e.durable_after,
+                        }),
+                    };
+                    if recalls.is_empty() && !replay_end {
+                        ready.push(resp.encode());
+                        continue;
                     }
+                    let me = self.clone();
+                    recalling.spawn(async move {
+                        me.recaller.recall_all(epoch, recalls).await;
+                        if replay_end {
+                            me.replay_ended(epoch, from);
+                        }
+                        resp.encode()
+                    });
                 }
             }
             Err(e) => {
@@ -1054,7 +1058,7 @@ impl ClusterVolume {
     }
 }
 
-/// A response to request `id` in `epoch`, before its counts.
+/// A response to request `id` in `epoch` without counts: a refusal or a failure.
 fn response(id: u64, epoch: u64, outcome: Outcome) -> MetaResponse {
     MetaResponse {
         id,
